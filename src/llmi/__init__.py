@@ -1,0 +1,1 @@
+"""llmi: tool-augmented interleaved text-image generation."""

@@ -1,0 +1,226 @@
+"""Settings: one TOML file plus environment variables.
+
+Where settings come from, later winning:
+
+1. built-in defaults (below);
+2. the TOML file: ``--config PATH``, else ``$LLMI_CONFIG``, else ``./llmi.toml``, else
+   ``~/.config/llmi/config.toml`` (the first that exists);
+3. environment variables: ``LLMI_BASE_URL``, ``LLMI_MODEL``, ``LLMI_API_KEY`` for the writing LLM, and
+   any field as ``LLMI_<SECTION>__<FIELD>`` (e.g. ``LLMI_SANDBOX__ALLOW_WEAKER=1``);
+4. explicit arguments (CLI flags, keyword arguments).
+
+Backend tables are validated by each backend's own ``Options`` model when the backend is created, so a
+misspelt key fails with a message naming the backend. API keys are read from the file or from the
+environment variable a backend names, never from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LLMSettings(_Section):
+    """The writing LLM (any OpenAI-compatible server, or a local transformers model)."""
+
+    backend: str = Field("openai", description="'openai' (any OpenAI-compatible server) or 'transformers'")
+    base_url: str = Field("http://localhost:8000/v1", description="OpenAI-compatible base URL")
+    model: str = Field("", description="model id; empty: the only model the server lists")
+    api_key: SecretStr | None = Field(None, description="API key (or set LLMI_API_KEY)")
+    model_path: str = Field("", description="for backend 'transformers': a local model folder")
+    device: str = Field("auto", description="for backend 'transformers': cpu, cuda, auto")
+    temperature: float | None = 0.7
+    top_p: float | None = None
+    max_tokens: int | None = 4096
+    timeout_s: float = 600.0
+    vision: bool | None = Field(None, description="does the model see images? None: assume yes for openai")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="backend knobs passed through")
+    system_prompt_file: str = Field("", description="replace the built-in system prompt")
+
+
+class ToolSettings(_Section):
+    """How the engine runs one tool."""
+
+    backends: list[str] = Field(
+        default_factory=list,
+        description="fallback chain: backend names of this tool, or 'tool:name' for another tool",
+    )
+    concurrency: int = 4
+    timeout_s: float = 120.0
+    retries: int = 2
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    cache: bool = True
+
+
+def _default_tools() -> dict[str, ToolSettings]:
+    return {
+        "search": ToolSettings(backends=["local"], concurrency=8, timeout_s=60),
+        "diffusion": ToolSettings(backends=[], concurrency=2, timeout_s=300),
+        "code": ToolSettings(backends=["sandbox"], concurrency=2, timeout_s=60, retries=0),
+        "edit": ToolSettings(backends=[], concurrency=2, timeout_s=300),
+    }
+
+
+class FetchSettings(_Section):
+    """Downloading images from URLs that came from search results or model output."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description="hosts, host:port pairs or CIDR ranges admitted although internal (your own servers)",
+    )
+    max_bytes: int = 20 * 1024 * 1024
+    timeout_s: float = 20.0
+    max_redirects: int = 5
+    user_agent: str = "llmi/0.1 (+https://github.com/llmi-project/llmi)"
+
+
+class ImageLimits(_Section):
+    min_width: int = 400
+    min_height: int = 400
+    max_width: int = 12000
+    max_height: int = 12000
+    max_pixels: int = 64_000_000
+
+
+class SandboxSettings(_Section):
+    """The chart tool's sandbox."""
+
+    workers: int = 2
+    memory_mb: int = 1536
+    cpu_s: int = 20
+    wall_s: float = 30.0
+    max_output_bytes: int = 16 * 1024 * 1024
+    dpi: int = 150
+    #: Run even when required sandbox layers are missing on this host (an explicit, logged choice).
+    allow_weaker: bool = False
+    #: Recycle a worker after this many jobs.
+    max_jobs_per_worker: int = 500
+
+
+class CacheSettings(_Section):
+    enabled: bool = True
+    path: str = Field("", description="sqlite file; empty: $XDG_CACHE_HOME/llmi/cache.sqlite")
+
+    def resolved_path(self) -> Path:
+        if self.path:
+            return Path(self.path).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "llmi" / "cache.sqlite"
+
+
+class JudgeSettings(_Section):
+    base_url: str = ""
+    model: str = ""
+    api_key: SecretStr | None = None
+    api_key_env: str = ""
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    retries: int = 3
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(_Section):
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    tools: dict[str, ToolSettings] = Field(default_factory=_default_tools)
+    #: ``backends[tool][name]`` is the raw option table of one backend.
+    backends: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    images: ImageLimits = Field(default_factory=ImageLimits)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    llm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    mllm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+    def tool(self, name: str) -> ToolSettings:
+        return self.tools.get(name) or _default_tools()[name]
+
+    def backend_options(self, tool: str, name: str) -> dict[str, Any]:
+        return dict(self.backends.get(tool, {}).get(name, {}))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    env = os.environ.get("LLMI_CONFIG")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"LLMI_CONFIG points at {p}, which does not exist")
+        return p
+    for p in (Path("llmi.toml"), Path.home() / ".config" / "llmi" / "config.toml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    short = {"LLMI_BASE_URL": ("llm", "base_url"), "LLMI_MODEL": ("llm", "model"), "LLMI_API_KEY": ("llm", "api_key")}
+    for var, (sec, key) in short.items():
+        if environ.get(var):
+            out.setdefault(sec, {})[key] = environ[var]
+    for var, value in environ.items():
+        if not var.startswith("LLMI_") or "__" not in var:
+            continue
+        path = var[5:].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def load_settings(
+    path: str | os.PathLike | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults, the config file, the environment and ``overrides``."""
+    data: dict[str, Any] = {}
+    cfg = find_config_file(path)
+    if cfg is not None:
+        try:
+            data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {cfg}: {exc}") from exc
+    data = _deep_merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    if "tools" in data:  # partial tool tables merge over the defaults
+        defaults = {k: v.model_dump() for k, v in _default_tools().items()}
+        data["tools"] = _deep_merge(defaults, data["tools"])
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        where = f" (from {cfg})" if cfg else ""
+        raise ConfigError(f"invalid settings{where}:\n{exc}") from exc

@@ -1,0 +1,193 @@
+"""The interleaved document: an ordered list of text, image and failure blocks.
+
+Pure values. Every ``<imgen>`` tag in a response gets exactly one slot (an image or a failure), so the
+image index an ``edit`` refers to is stable whatever failed. JSON (``to_dict``/``from_dict``) is the
+lossless, machine-readable contract; its key names are part of the public interface.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+from .images import ImageData
+from .protocol import SOURCES, Violation
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    text: str
+    type: str = field(default="text", init=False)
+
+
+@dataclass(frozen=True)
+class ImageBlock:
+    """An image produced by a tool (or given by the user, ``tool == "input"``)."""
+
+    image: ImageData
+    tool: str
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    #: Where it came from: ``backend``, ``model``, ``source_url``, ``page_url``, ``title``, ``license``,
+    #: ``author``, ``cached`` ... — free-form, JSON-serialisable, shown as a credit line.
+    provenance: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    type: str = field(default="image", init=False)
+
+    @property
+    def data(self) -> bytes:
+        return self.image.data
+
+    @property
+    def mime(self) -> str:
+        return self.image.mime
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+
+@dataclass(frozen=True)
+class FailureBlock:
+    """A tag that produced no image. ``kind`` is a reason code, ``reason`` the human-readable text."""
+
+    tool: str
+    reason: str
+    kind: str = "tool_error"
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    type: str = field(default="failure", init=False)
+
+
+Block = Union[TextBlock, ImageBlock, FailureBlock]
+
+
+@dataclass
+class Document:
+    """Blocks in reading order, the protocol violations found in the response, and the user's images."""
+
+    blocks: list[Block] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    input_images: list[ImageData] = field(default_factory=list)
+
+    # -- views -----------------------------------------------------------------------------------
+    @property
+    def slots(self) -> list[ImageBlock | FailureBlock]:
+        """One entry per tag, in order (what ``img_index - n_input_images`` addresses)."""
+        return [b for b in self.blocks if not isinstance(b, TextBlock)]
+
+    @property
+    def images(self) -> list[ImageBlock]:
+        return [b for b in self.blocks if isinstance(b, ImageBlock)]
+
+    @property
+    def failures(self) -> list[FailureBlock]:
+        return [b for b in self.blocks if isinstance(b, FailureBlock)]
+
+    @property
+    def text(self) -> str:
+        return "".join(b.text for b in self.blocks if isinstance(b, TextBlock))
+
+    @property
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per tool: how many tags asked for it and how many produced an image."""
+        out: dict[str, dict[str, int]] = {}
+        for b in self.slots:
+            if b.tool not in SOURCES:
+                continue
+            s = out.setdefault(b.tool, {"total": 0, "success": 0})
+            s["total"] += 1
+            s["success"] += isinstance(b, ImageBlock)
+        return out
+
+    # -- JSON contract ---------------------------------------------------------------------------
+    def to_dict(self, *, image_paths: list[str] | None = None) -> dict[str, Any]:
+        """The JSON form. Images are inline base64 unless ``image_paths`` gives one path per image."""
+        blocks = []
+        paths = iter(image_paths) if image_paths is not None else None
+        for b in self.blocks:
+            if isinstance(b, TextBlock):
+                blocks.append({"type": "text", "text": b.text})
+            elif isinstance(b, ImageBlock):
+                d: dict[str, Any] = {
+                    "type": "image",
+                    "tool": b.tool,
+                    "mime": b.mime,
+                    "width": b.width,
+                    "height": b.height,
+                    "description": b.description,
+                    "params": b.params,
+                    "provenance": b.provenance,
+                    "elapsed_s": round(b.elapsed_s, 4),
+                }
+                if paths is not None:
+                    d["path"] = next(paths)
+                else:
+                    d["data_base64"] = base64.b64encode(b.data).decode("ascii")
+                blocks.append(d)
+            else:
+                blocks.append(
+                    {
+                        "type": "failure",
+                        "tool": b.tool,
+                        "reason": b.reason,
+                        "kind": b.kind,
+                        "description": b.description,
+                        "params": b.params,
+                        "elapsed_s": round(b.elapsed_s, 4),
+                    }
+                )
+        return {
+            "blocks": blocks,
+            "stats": self.stats,
+            "violations": [asdict(v) for v in self.violations],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, base_dir: str | None = None) -> "Document":
+        """Inverse of :meth:`to_dict` (``path`` entries are read relative to ``base_dir``)."""
+        import os
+
+        blocks: list[Block] = []
+        for b in d.get("blocks", []):
+            t = b.get("type")
+            if t == "text":
+                blocks.append(TextBlock(b["text"]))
+            elif t == "image":
+                if "data_base64" in b:
+                    data = base64.b64decode(b["data_base64"])
+                else:
+                    with open(os.path.join(base_dir or ".", b["path"]), "rb") as f:
+                        data = f.read()
+                img = ImageData(data=data, mime=b["mime"], width=b["width"], height=b["height"])
+                blocks.append(
+                    ImageBlock(
+                        image=img,
+                        tool=b["tool"],
+                        description=b.get("description", ""),
+                        params=b.get("params", {}),
+                        provenance=b.get("provenance", {}),
+                        elapsed_s=b.get("elapsed_s", 0.0),
+                    )
+                )
+            elif t == "failure":
+                blocks.append(
+                    FailureBlock(
+                        tool=b["tool"],
+                        reason=b["reason"],
+                        kind=b.get("kind", "tool_error"),
+                        description=b.get("description", ""),
+                        params=b.get("params", {}),
+                        elapsed_s=b.get("elapsed_s", 0.0),
+                    )
+                )
+            else:
+                raise ValueError(f"unknown block type {t!r}")
+        violations = [Violation(**v) for v in d.get("violations", [])]
+        return cls(blocks=blocks, violations=violations)

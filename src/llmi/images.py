@@ -1,0 +1,107 @@
+"""Image values: bytes plus what Pillow says about them. Pure apart from decoding in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from .errors import ToolError
+
+#: Magic numbers of the formats llmi accepts, checked before Pillow sees the bytes.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"RIFF", "image/webp"),  # confirmed below ("WEBP" at offset 8)
+    (b"BM", "image/bmp"),
+)
+
+#: Default ceiling on decoded pixels; above it an image is treated as a decompression bomb.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """Return the MIME type implied by the magic bytes, or None if it is not a known image format."""
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            if mime == "image/webp" and data[8:12] != b"WEBP":
+                return None
+            return mime
+    return None
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """An encoded image with its verified type and size."""
+
+    data: bytes
+    mime: str
+    width: int
+    height: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_size: tuple[int, int] | None = None,
+        max_size: tuple[int, int] | None = None,
+    ) -> "ImageData":
+        """Validate ``data`` as an image: magic bytes, a full decode, pixel and size bounds.
+
+        Raises :class:`ToolError` with kind ``invalid_image`` / ``image_too_large`` /
+        ``image_too_small`` — a backend lets it propagate and the engine records the reason.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        mime = sniff_mime(data)
+        if mime is None:
+            head = data[:40].decode("latin-1", "replace").strip()
+            raise ToolError(f"not an image (starts with {head!r})", kind="invalid_image")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise ToolError(
+                        f"image is {width}x{height} pixels, above the {max_pixels} pixel limit "
+                        "(possible decompression bomb)",
+                        kind="image_too_large",
+                    )
+                im.load()  # full decode: catches truncated files
+        except ToolError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ToolError(f"image does not decode: {exc}", kind="invalid_image") from exc
+        if min_size and (width < min_size[0] or height < min_size[1]):
+            raise ToolError(
+                f"image is {width}x{height}, below the minimum {min_size[0]}x{min_size[1]}",
+                kind="image_too_small",
+            )
+        if max_size and (width > max_size[0] or height > max_size[1]):
+            raise ToolError(
+                f"image is {width}x{height}, above the maximum {max_size[0]}x{max_size[1]}",
+                kind="image_too_large",
+            )
+        return cls(data=data, mime=mime, width=width, height=height)
+
+    @classmethod
+    def from_pil(cls, image, format: str = "PNG") -> "ImageData":
+        """Encode a PIL image (e.g. a diffusers output)."""
+        buf = io.BytesIO()
+        image.save(buf, format=format)
+        mime = "image/png" if format.upper() == "PNG" else f"image/{format.lower()}"
+        return cls(data=buf.getvalue(), mime=mime, width=image.width, height=image.height)
+
+    def to_pil(self):
+        from PIL import Image
+
+        im = Image.open(io.BytesIO(self.data))
+        im.load()
+        return im

@@ -1,0 +1,543 @@
+r"""The ``<imgen>`` tag protocol: finding, decoding and validating tool calls in an LLM response.
+
+Pure: no I/O. A response is text with inline tags::
+
+    Sales rose in spring.
+    <imgen>{"source": "code", "description": "Monthly sales 2024", "params": {"code": "plt.bar(...)"}}</imgen>
+
+The payload may be JSON or a Python dict literal (single quotes, ``True``/``None``), which is what models
+trained on the LLM-I data write. Strings are decoded exactly once, by the JSON or Python literal rules:
+``\n`` escapes become newlines, real newlines inside strings are accepted, and non-ASCII text is kept as is.
+
+Every tag — valid or not — takes one *slot*; images are numbered user images first (``0..n-1``), then one
+per slot, so an ``edit``'s ``img_index`` means the same thing whatever fails. An invalid tag yields an
+:class:`InvalidTag` with a :class:`TagErrorKind`; nothing here raises on bad input.
+
+Format violations that a reward needs (a tag inside a Markdown code fence — which stays plain text —,
+filler such as "Here is an image:" before a tag, an unclosed tag, invalid tags) are reported as
+:class:`Violation` values.
+
+:class:`StreamParser` does the same incrementally: feed it chunks as a model streams them and it returns
+text and complete tool calls as soon as each tag closes, wherever the chunk boundaries fall.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Union
+
+SOURCES = ("search", "diffusion", "code", "edit")
+TOP_KEYS = ("source", "description", "params")
+#: The exact parameter set each source takes, with the expected type of each value.
+PARAMS: dict[str, dict[str, type]] = {
+    "diffusion": {"prompt": str},
+    "search": {"query": str},
+    "code": {"code": str},
+    "edit": {"img_index": int, "prompt": str},
+}
+
+OPEN_TAG, CLOSE_TAG = "<imgen>", "</imgen>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+class TagErrorKind(str, enum.Enum):
+    """Why a tag is not a valid tool call."""
+
+    UNPARSEABLE = "unparseable_payload"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_KEY = "missing_key"
+    EXTRA_KEY = "extra_key"
+    UNKNOWN_SOURCE = "unknown_source"
+    WRONG_TYPE = "wrong_type"
+    EMPTY_VALUE = "empty_value"
+    MISSING_PARAM = "missing_param"
+    EXTRA_PARAM = "extra_param"
+    INDEX_OUT_OF_RANGE = "index_out_of_range"
+    FORWARD_REFERENCE = "forward_reference"
+    UNCLOSED = "unclosed_tag"
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Think:
+    """Reasoning inside ``<think>…</think>``: dropped from documents, kept in traces."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A valid tag. ``index`` counts tags from 0; its image index is ``n_input_images + index``."""
+
+    index: int
+    source: str
+    description: str
+    params: dict[str, Any]
+    raw: str = ""
+
+    @property
+    def depends_on(self) -> int | None:
+        """The image index this call needs first (``edit`` only)."""
+        return self.params["img_index"] if self.source == "edit" else None
+
+
+@dataclass(frozen=True)
+class InvalidTag:
+    """A tag that cannot run. It still takes slot ``index``."""
+
+    index: int
+    kind: TagErrorKind
+    detail: str
+    raw: str = ""
+    source: str | None = None
+    description: str = ""
+
+    @property
+    def reason(self) -> str:
+        return f"{self.kind.value}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A format problem in the response. ``kind``: fenced_tag, filler_intro, unclosed_tag, invalid_tag."""
+
+    kind: str
+    detail: str
+    tag_index: int | None = None
+    offset: int = 0
+
+
+Segment = Union[Text, Think, ToolCall, InvalidTag]
+Slot = Union[ToolCall, InvalidTag]
+
+
+@dataclass
+class ParsedResponse:
+    segments: list[Segment] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def slots(self) -> list[Slot]:
+        return [s for s in self.segments if isinstance(s, (ToolCall, InvalidTag))]
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return [s for s in self.segments if isinstance(s, ToolCall)]
+
+    @property
+    def invalid(self) -> list[InvalidTag]:
+        return [s for s in self.segments if isinstance(s, InvalidTag)]
+
+    @property
+    def text(self) -> str:
+        """The visible text (no think blocks, no tags)."""
+        return "".join(s.text for s in self.segments if isinstance(s, Text))
+
+
+# ------------------------------------------------------------------------------------------------
+# Payload decoding and validation
+# ------------------------------------------------------------------------------------------------
+
+
+def _escape_raw_newlines(payload: str) -> str:
+    """Turn real newlines/tabs *inside* quoted strings into escapes, so literal_eval/json accept them.
+
+    Python single-quoted strings may not span lines, but models write multi-line code that way.
+    Triple-quoted strings are left alone (they may legally contain newlines).
+    """
+    out: list[str] = []
+    quote: str | None = None
+    i, n = 0, len(payload)
+    while i < n:
+        c = payload[i]
+        if quote is None:
+            if payload.startswith('"""', i) or payload.startswith("'''", i):
+                end = payload.find(payload[i : i + 3], i + 3)
+                end = n if end == -1 else end + 3
+                out.append(payload[i:end])
+                i = end
+                continue
+            if c in "\"'":
+                quote = c
+            out.append(c)
+        else:
+            if c == "\\" and i + 1 < n:
+                out.append(payload[i : i + 2])
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+                out.append(c)
+            elif c == "\n":
+                out.append("\\n")
+            elif c == "\r":
+                out.append("\\r")
+            elif c == "\t":
+                out.append("\\t")
+            else:
+                out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def decode_payload(payload: str) -> Any:
+    """Decode a tag payload written as JSON or as a Python literal. Raises ValueError if neither."""
+    text = payload.strip()
+    # Models sometimes wrap the payload in a code fence inside the tag.
+    m = re.fullmatch(r"```[a-zA-Z]*\s*(.*?)\s*```", text, re.DOTALL)
+    if m:
+        text = m.group(1)
+    errors = []
+    for candidate in (text, _escape_raw_newlines(text)):
+        try:
+            return json.loads(candidate, strict=False)
+        except (ValueError, RecursionError) as exc:
+            errors.append(exc)
+        try:
+            return ast.literal_eval(candidate)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+            errors.append(exc)
+    raise ValueError(f"payload is neither JSON nor a Python literal ({errors[0]})")
+
+
+def validate(
+    payload: str, index: int, n_input_images: int = 0, n_tags: int | None = None
+) -> ToolCall | InvalidTag:
+    """Decode and validate one tag payload occupying slot ``index``.
+
+    ``n_tags`` (the number of tags in the whole response) tells an index past the end
+    (``index_out_of_range``) from one pointing at a later tag (``forward_reference``); without it, both
+    are reported as ``forward_reference``.
+    """
+
+    def bad(kind: TagErrorKind, detail: str, source: Any = None, description: Any = "") -> InvalidTag:
+        return InvalidTag(
+            index=index,
+            kind=kind,
+            detail=detail,
+            raw=payload,
+            source=source if isinstance(source, str) else None,
+            description=description if isinstance(description, str) else "",
+        )
+
+    try:
+        obj = decode_payload(payload)
+    except ValueError as exc:
+        return bad(TagErrorKind.UNPARSEABLE, str(exc)[:300])
+    if not isinstance(obj, dict):
+        return bad(TagErrorKind.NOT_AN_OBJECT, f"payload is a {type(obj).__name__}, not an object")
+    source, description = obj.get("source"), obj.get("description", "")
+    missing = [k for k in TOP_KEYS if k not in obj]
+    if missing:
+        return bad(TagErrorKind.MISSING_KEY, f"missing key(s): {', '.join(missing)}", source, description)
+    extra = [str(k) for k in obj if k not in TOP_KEYS]
+    if extra:
+        return bad(TagErrorKind.EXTRA_KEY, f"unexpected key(s): {', '.join(extra)}", source, description)
+    if not isinstance(source, str):
+        return bad(TagErrorKind.WRONG_TYPE, f"source must be a string, got {type(source).__name__}")
+    if source not in PARAMS:
+        return bad(
+            TagErrorKind.UNKNOWN_SOURCE,
+            f"unknown source {source[:40]!r}; expected one of {', '.join(SOURCES)}",
+            None,
+            description,
+        )
+    if not isinstance(description, str):
+        return bad(TagErrorKind.WRONG_TYPE, f"description must be a string, got {type(description).__name__}", source)
+    if not description.strip():
+        return bad(TagErrorKind.EMPTY_VALUE, "description is empty", source)
+    params = obj["params"]
+    if not isinstance(params, dict):
+        return bad(TagErrorKind.WRONG_TYPE, f"params must be an object, got {type(params).__name__}", source, description)
+    spec = PARAMS[source]
+    missing = [k for k in spec if k not in params]
+    if missing:
+        return bad(
+            TagErrorKind.MISSING_PARAM, f"{source} needs param(s): {', '.join(missing)}", source, description
+        )
+    extra = [str(k) for k in params if k not in spec]
+    if extra:
+        return bad(
+            TagErrorKind.EXTRA_PARAM,
+            f"{source} takes only {', '.join(spec)}; unexpected: {', '.join(extra)}",
+            source,
+            description,
+        )
+    for key, typ in spec.items():
+        value = params[key]
+        if typ is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, typ)
+        if not ok:
+            return bad(
+                TagErrorKind.WRONG_TYPE,
+                f"params.{key} must be {'an integer' if typ is int else 'a string'}, got {type(value).__name__}",
+                source,
+                description,
+            )
+        if typ is str and not value.strip():
+            return bad(TagErrorKind.EMPTY_VALUE, f"params.{key} is empty", source, description)
+    if source == "edit":
+        i = params["img_index"]
+        own = n_input_images + index
+        if i < 0:
+            return bad(TagErrorKind.INDEX_OUT_OF_RANGE, f"img_index {i} is negative", source, description)
+        if n_tags is not None and i >= n_input_images + n_tags:
+            return bad(
+                TagErrorKind.INDEX_OUT_OF_RANGE,
+                f"img_index {i} is out of range: there are {n_input_images} input image(s) and "
+                f"{n_tags} tag(s), so valid indices are 0..{n_input_images + n_tags - 1}",
+                source,
+                description,
+            )
+        if i >= own:
+            return bad(
+                TagErrorKind.FORWARD_REFERENCE,
+                f"img_index {i} refers to {'this' if i == own else 'a later'} image; an edit can only use "
+                f"an input image or an earlier tag (indices 0..{own - 1})",
+                source,
+                description,
+            )
+    return ToolCall(index=index, source=source, description=description, params=dict(params), raw=payload)
+
+
+# ------------------------------------------------------------------------------------------------
+# Format checks
+# ------------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_IMAGE_WORDS = r"(?:image|picture|photo(?:graph)?|chart|graph|figure|illustration|diagram|visual(?:ization)?|plot|rendering)s?"
+_FILLER = re.compile(
+    r"(?:\b(?:here(?:'s| is| are)|below (?:is|are)|the following|as (?:shown|seen|illustrated) below|"
+    r"see the|let's (?:look at|see)|take a look at|check out)\b[^.\n]{0,60}\b" + _IMAGE_WORDS + r"\b"
+    r"|^\s*\[?\s*" + _IMAGE_WORDS + r"\s*\]?\s*:?\s*$)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def is_filler(preceding_text: str) -> bool:
+    """True when the text right before a tag is an introduction such as "Here is an image:".
+
+    Only the last non-empty line counts, and it must either end with a colon or be a bare
+    "[Image]"-style placeholder, so ordinary prose that mentions a chart is not flagged.
+    """
+    lines = [ln for ln in preceding_text.splitlines() if ln.strip()]
+    if not lines:
+        return False
+    last = lines[-1].strip()
+    if not _FILLER.search(last):
+        return False
+    return last.endswith((":", "：")) or re.fullmatch(r"\[?\s*" + _IMAGE_WORDS + r"\s*\]?\s*:?", last, re.I) is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# Incremental parser
+# ------------------------------------------------------------------------------------------------
+
+_MARKERS = (OPEN_TAG, THINK_OPEN, THINK_CLOSE)
+
+
+def _partial_suffix(buf: str, markers: Iterable[str]) -> int:
+    """Length of the longest suffix of ``buf`` that is a proper prefix of some marker."""
+    best = 0
+    for m in markers:
+        for k in range(min(len(m) - 1, len(buf)), best, -1):
+            if buf.endswith(m[:k]):
+                best = k
+                break
+    return best
+
+
+class StreamParser:
+    """Incremental tag parser. ``feed(chunk)`` and ``close()`` return the new segments.
+
+    Text is returned as soon as it cannot be the start of a tag; a tool call is returned the moment its
+    closing tag arrives. ``violations`` accumulates format problems. ``start_in_think`` is for chat
+    templates that open ``<think>`` in the prompt, so the response starts inside the reasoning.
+    """
+
+    def __init__(self, n_input_images: int = 0, *, n_tags: int | None = None, start_in_think: bool = False):
+        self.n_input_images = n_input_images
+        self.n_tags = n_tags
+        self.violations: list[Violation] = []
+        self._buf = ""
+        self._mode = "think" if start_in_think else "text"
+        self._offset = 0  # offset in the raw response of _buf[0]
+        self._tag_start = 0
+        self._next_index = 0
+        self._in_fence = False
+        self._line = ""  # the current (unfinished) line of visible text, for fence tracking
+        self._tail = ""  # recent visible text, for filler detection
+        self._closed = False
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _visible(self, text: str, out: list[Segment]) -> None:
+        if not text:
+            return
+        if out and isinstance(out[-1], Text):
+            out[-1] = Text(out[-1].text + text)
+        else:
+            out.append(Text(text))
+        self._track(text)
+
+    def _track(self, text: str) -> None:
+        self._tail = (self._tail + text)[-400:]
+        parts = (self._line + text).split("\n")
+        for line in parts[:-1]:
+            if _FENCE.match(line):
+                self._in_fence = not self._in_fence
+        self._line = parts[-1]
+
+    def _consume(self, n: int) -> str:
+        s, self._buf = self._buf[:n], self._buf[n:]
+        self._offset += n
+        return s
+
+    def _slot(self, payload: str, out: list[Segment], offset: int) -> None:
+        idx = self._next_index
+        self._next_index += 1
+        seg = validate(payload, idx, self.n_input_images, self.n_tags)
+        if is_filler(self._tail):
+            self.violations.append(
+                Violation("filler_intro", "a filler introduction precedes the tag: " + self._tail.strip().splitlines()[-1][-80:], idx, offset)
+            )
+        if isinstance(seg, InvalidTag):
+            kind = "unclosed_tag" if seg.kind is TagErrorKind.UNCLOSED else "invalid_tag"
+            self.violations.append(Violation(kind, seg.reason, idx, offset))
+        out.append(seg)
+        # a tag ends the current line of text as far as fences and fillers are concerned
+        self._tail = ""
+
+    # -- public API ------------------------------------------------------------------------------
+    def feed(self, chunk: str) -> list[Segment]:
+        if self._closed:
+            raise RuntimeError("feed() after close()")
+        self._buf += chunk
+        out: list[Segment] = []
+        while self._buf:
+            if self._mode == "text":
+                positions = [(self._buf.find(m), m) for m in _MARKERS]
+                positions = [(p, m) for p, m in positions if p >= 0]
+                if not positions:
+                    keep = _partial_suffix(self._buf, _MARKERS)
+                    self._visible(self._consume(len(self._buf) - keep), out)
+                    break
+                pos, marker = min(positions)
+                self._visible(self._consume(pos), out)
+                if marker == OPEN_TAG and self._in_fence:
+                    self.violations.append(
+                        Violation("fenced_tag", "a tag inside a Markdown code fence is shown as text, not run", None, self._offset)
+                    )
+                    self._visible(self._consume(len(marker)), out)
+                    continue
+                start = self._offset
+                self._consume(len(marker))
+                if marker == OPEN_TAG:
+                    self._mode, self._tag_start = "tag", start
+                elif marker == THINK_OPEN:
+                    self._mode = "think"
+                # a stray </think> in text is dropped
+            elif self._mode == "think":
+                pos = self._buf.find(THINK_CLOSE)
+                if pos < 0:
+                    keep = _partial_suffix(self._buf, (THINK_CLOSE,))
+                    text = self._consume(len(self._buf) - keep)
+                    if text:
+                        out.append(Think(text))
+                    break
+                text = self._consume(pos)
+                if text:
+                    out.append(Think(text))
+                self._consume(len(THINK_CLOSE))
+                self._mode = "text"
+            else:  # inside a tag
+                close = self._buf.find(CLOSE_TAG)
+                reopen = self._buf.find(OPEN_TAG)
+                if reopen >= 0 and (close < 0 or reopen < close):
+                    # a new tag opens before this one closed: this one is unclosed
+                    payload = self._consume(reopen)
+                    self._unclosed(payload, out)
+                    self._mode = "text"
+                    continue
+                if close < 0:
+                    break  # wait for more
+                payload = self._consume(close)
+                self._consume(len(CLOSE_TAG))
+                self._slot(payload, out, self._tag_start)
+                self._mode = "text"
+        return out
+
+    def _unclosed(self, payload: str, out: list[Segment]) -> None:
+        idx = self._next_index
+        self._next_index += 1
+        seg = InvalidTag(idx, TagErrorKind.UNCLOSED, "the tag was never closed with </imgen>", raw=payload)
+        self.violations.append(Violation("unclosed_tag", seg.reason, idx, self._tag_start))
+        out.append(seg)
+        self._tail = ""
+
+    def close(self) -> list[Segment]:
+        """Flush at the end of the response: held-back text, an unfinished think block or tag."""
+        if self._closed:
+            return []
+        self._closed = True
+        out: list[Segment] = []
+        if self._mode == "text":
+            self._visible(self._consume(len(self._buf)), out)
+        elif self._mode == "think":
+            if self._buf:
+                out.append(Think(self._consume(len(self._buf))))
+        else:
+            self._unclosed(self._consume(len(self._buf)), out)
+        return out
+
+    @property
+    def n_slots(self) -> int:
+        return self._next_index
+
+
+def count_tags(response: str) -> int:
+    """How many slots a full response has (what :func:`parse_response` passes as ``n_tags``)."""
+    p = StreamParser(start_in_think=_starts_in_think(response))
+    segs = p.feed(response) + p.close()
+    return sum(isinstance(s, (ToolCall, InvalidTag)) for s in segs)
+
+
+def _starts_in_think(response: str) -> bool:
+    close = response.find(THINK_CLOSE)
+    return close >= 0 and THINK_OPEN not in response[:close]
+
+
+def parse_response(response: str, n_input_images: int = 0) -> ParsedResponse:
+    """Parse a complete response. A leading reasoning part closed by a bare ``</think>`` is dropped."""
+    start_in_think = _starts_in_think(response)
+    n_tags = count_tags(response)
+    p = StreamParser(n_input_images, n_tags=n_tags, start_in_think=start_in_think)
+    segments = p.feed(response) + p.close()
+    merged: list[Segment] = []
+    for s in segments:
+        if merged and type(s) in (Text, Think) and type(merged[-1]) is type(s):
+            merged[-1] = type(s)(merged[-1].text + s.text)
+        else:
+            merged.append(s)
+    return ParsedResponse(merged, p.violations)
+
+
+def strip_think(response: str) -> str:
+    """The response without reasoning blocks (tags kept)."""
+    p = StreamParser(start_in_think=_starts_in_think(response))
+    out = []
+    for s in p.feed(response) + p.close():
+        if isinstance(s, Text):
+            out.append(s.text)
+        elif isinstance(s, (ToolCall, InvalidTag)):
+            out.append(OPEN_TAG + s.raw + CLOSE_TAG)
+    return "".join(out)
