@@ -1,0 +1,20 @@
+"""The ``llmi`` command. One module per subcommand; this file only assembles them."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="llmi",
+    help="Tool-augmented interleaved text-image generation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    # Importing a subcommand module registers it on ``app``.
+    from . import doctor, generate, render, reward  # noqa: F401
+
+    app()

@@ -1,0 +1,82 @@
+"""Shared test helpers: image bytes and a real loopback HTTP server."""
+
+from __future__ import annotations
+
+import io
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+
+def make_png(width: int = 8, height: int = 8, color=(200, 30, 30)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_jpeg(width: int = 8, height: int = 8, color=(30, 30, 200)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+class Request:
+    """What a handler function sees of one request."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler, body: bytes):
+        self.method = handler.command
+        self.path = handler.path
+        self.headers = handler.headers
+        self.body = body
+
+
+@contextmanager
+def loopback_server(handle: Callable[[Request, BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """Serve ``handle(request, handler)`` on 127.0.0.1 in a thread; yields the base URL.
+
+    ``handle`` writes the response itself with ``handler.send_response`` / ``send_header`` /
+    ``end_headers`` / ``wfile.write`` — so tests can send exactly the bytes a real service sends,
+    including malformed ones, or sleep to provoke timeouts.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep test output quiet
+            pass
+
+        def _dispatch(self):
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            try:
+                handle(Request(self, body), self)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", content_type: str = "application/json", headers: dict | None = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
