@@ -1,0 +1,393 @@
+"""The async engine: runs the tool calls of a response and assembles the document.
+
+One :class:`Engine` owns the HTTP clients, the backends it has created and the cache, for the length of
+an ``async with`` block. A :class:`RunSession` takes the segments of one response *in order* — from a
+finished response or as an LLM streams it — and starts each tool call the moment it is added:
+
+* independent calls run concurrently, bounded per tool (``tools.<tool>.concurrency``) and per backend;
+* an ``edit`` waits only for the image it edits; if that failed, the edit fails with that reason;
+* each attempt has a timeout; transient errors (429/503/5xx/timeouts) are retried with exponential
+  backoff, honouring ``Retry-After``;
+* a tool's backends form a fallback chain (``tools.search.backends = ["wikimedia", "local",
+  "diffusion:openai"]``); the backend that finally served is recorded in the image's provenance;
+* successful results are cached by content (tool, backend, output-shaping settings, params, input image).
+
+A tool failure is a :class:`~llmi.document.FailureBlock`, never an exception: whatever fails, the other
+images and the text are kept, and each tag keeps its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from .cache import Cache, call_key
+from .config import Settings, ToolSettings, load_settings
+from .document import Block, Document, FailureBlock, ImageBlock, TextBlock
+from .errors import ConfigError, ToolError, TransientToolError
+from .events import EventHandler, ToolFinished, ToolStarted
+from .images import ImageData
+from .protocol import SOURCES, InvalidTag, ParsedResponse, Segment, Text, ToolCall, Violation, parse_response
+from .tools import registry
+from .tools.base import Backend, BackendContext, BackendStatus, ToolRequest, ToolResult
+
+log = logging.getLogger(__name__)
+
+#: How a call's params map onto another tool in a cross-tool fallback (e.g. search -> diffusion).
+_CROSS_TOOL = {
+    ("search", "diffusion"): lambda p: {"prompt": p["query"]},
+    ("diffusion", "search"): lambda p: {"query": p["prompt"]},
+}
+
+
+def parse_chain_entry(tool: str, entry: str) -> tuple[str, str]:
+    """``"wikimedia"`` -> ``("search", "wikimedia")``; ``"diffusion:openai"`` -> ``("diffusion", "openai")``."""
+    if ":" in entry:
+        other, _, name = entry.partition(":")
+        if other not in SOURCES:
+            raise ConfigError(f"tools.{tool}.backends: {entry!r} names unknown tool {other!r}")
+        return other, name
+    return tool, entry
+
+
+class Engine:
+    """Runs tool calls. Use as ``async with Engine(settings) as engine: ...``.
+
+    ``cache``: a :class:`Cache`, ``False`` for none, or ``None`` to open the one in ``settings.cache``.
+    ``backends``: ready-made backend instances keyed by ``(tool, name)``, used instead of creating them
+    from the registry (handy when embedding llmi or testing).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        cache: Cache | bool | None = None,
+        backends: dict[tuple[str, str], Backend] | None = None,
+    ):
+        self.settings = settings if settings is not None else load_settings()
+        self._cache_arg = cache
+        self.cache: Cache | None = None
+        self._own_cache = False
+        self._instances: dict[tuple[str, str], Backend] = dict(backends or {})
+        self._external = set(self._instances)
+        self._tool_sems: dict[str, asyncio.Semaphore] = {}
+        self._backend_sems: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._ctx: BackendContext | None = None
+        self._http = None
+        self._fetcher = None
+
+    # -- lifetime --------------------------------------------------------------------------------
+    async def __aenter__(self) -> "Engine":
+        import httpx
+
+        from .fetch import SafeFetcher
+
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
+        self._fetcher = SafeFetcher(self.settings.fetch)
+        self._ctx = BackendContext(settings=self.settings, http=self._http, fetcher=self._fetcher)
+        if isinstance(self._cache_arg, Cache):
+            self.cache = self._cache_arg
+        elif self._cache_arg is None and self.settings.cache.enabled:
+            try:
+                self.cache = Cache(self.settings.cache.resolved_path())
+                self._own_cache = True
+            except Exception as exc:  # an unwritable cache must not stop the run
+                log.warning("cache disabled: cannot open %s: %s", self.settings.cache.resolved_path(), exc)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for key, backend in list(self._instances.items()):
+            if key in self._external:
+                continue
+            try:
+                await backend.aclose()
+            except Exception as exc:
+                log.warning("closing backend %s.%s failed: %s", *key, exc)
+            self._instances.pop(key, None)
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
+            self._fetcher = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        if self.cache is not None and self._own_cache:
+            self.cache.close()
+        self.cache = None
+
+    # -- backends --------------------------------------------------------------------------------
+    @property
+    def context(self) -> BackendContext:
+        if self._ctx is None:
+            raise RuntimeError("use the engine inside 'async with Engine(...) as engine'")
+        return self._ctx
+
+    def backend(self, tool: str, name: str) -> Backend:
+        """The backend instance for ``tool``/``name`` (created on first use from the config)."""
+        key = (tool, name)
+        if key not in self._instances:
+            cls = registry.get(tool, name)
+            try:
+                options = cls.Options.model_validate(self.settings.backend_options(tool, name))
+            except ValidationError as exc:
+                raise ConfigError(f"invalid options in [backends.{tool}.{name}]:\n{exc}") from exc
+            self._instances[key] = cls(options, self.context)
+        return self._instances[key]
+
+    def chain(self, tool: str) -> list[tuple[str, str]]:
+        return [parse_chain_entry(tool, e) for e in self.settings.tool(tool).backends]
+
+    def backend_status(self, tool: str, name: str) -> BackendStatus:
+        try:
+            return self.backend(tool, name).status()
+        except ConfigError as exc:
+            return BackendStatus("misconfigured", str(exc))
+
+    def usable_tools(self) -> list[str]:
+        """Tools with at least one usable backend in their chain (what a system prompt may advertise)."""
+        usable = []
+        for tool in SOURCES:
+            try:
+                chain = self.chain(tool)
+            except ConfigError:
+                continue
+            if any(self.backend_status(t, n).usable for t, n in chain):
+                usable.append(tool)
+        return usable
+
+    def _sem(self, tool: str) -> asyncio.Semaphore:
+        if tool not in self._tool_sems:
+            self._tool_sems[tool] = asyncio.Semaphore(max(1, self.settings.tool(tool).concurrency))
+        return self._tool_sems[tool]
+
+    def _backend_sem(self, tool: str, backend: Backend) -> asyncio.Semaphore | None:
+        limit = getattr(backend.options, "concurrency", None)
+        if not limit:
+            return None
+        key = (tool, backend.name)
+        if key not in self._backend_sems:
+            self._backend_sems[key] = asyncio.Semaphore(limit)
+        return self._backend_sems[key]
+
+    # -- running ---------------------------------------------------------------------------------
+    def session(self, input_images: Sequence[ImageData] = (), on_event: EventHandler | None = None) -> "RunSession":
+        return RunSession(self, list(input_images), on_event)
+
+    async def run_parsed(
+        self, parsed: ParsedResponse, input_images: Sequence[ImageData] = (), on_event: EventHandler | None = None
+    ) -> Document:
+        session = self.session(input_images, on_event)
+        for seg in parsed.segments:
+            session.add(seg)
+        return await session.finish(parsed.violations)
+
+    async def run_response(
+        self, response: str, input_images: Sequence[ImageData] = (), on_event: EventHandler | None = None
+    ) -> Document:
+        """Parse a finished response and execute its tags."""
+        return await self.run_parsed(parse_response(response, len(input_images)), input_images, on_event)
+
+    async def execute(self, call: ToolCall, input_image: ImageData | None = None) -> ImageBlock | FailureBlock:
+        """Run one valid call through its fallback chain. Never raises for tool failures."""
+        t0 = time.monotonic()
+        try:
+            chain = self.chain(call.source)
+        except ConfigError as exc:
+            return FailureBlock(call.source, str(exc), "misconfigured", call.description, call.params)
+        if not chain:
+            return FailureBlock(
+                call.source,
+                f"no {call.source} backend is configured (set tools.{call.source}.backends in the config; "
+                f"known backends: {', '.join(registry.names(call.source)) or 'none'})",
+                "no_backend",
+                call.description,
+                call.params,
+            )
+        reasons: list[str] = []
+        kinds: list[str] = []
+        for tool, name in chain:
+            label = name if tool == call.source else f"{tool}:{name}"
+            if tool == call.source:
+                params = call.params
+            elif (call.source, tool) in _CROSS_TOOL:
+                params = _CROSS_TOOL[(call.source, tool)](call.params)
+            else:
+                reasons.append(f"{label}: cannot serve a {call.source} call")
+                kinds.append("misconfigured")
+                continue
+            try:
+                backend = self.backend(tool, name)
+                status = backend.status()
+                if not status.usable:
+                    raise ToolError(f"not usable ({status.state}: {status.detail})", kind=status.state)
+                result, cached = await self._run_backend(tool, backend, params, call.description, input_image)
+            except ToolError as exc:
+                reasons.append(f"{label}: {exc}")
+                kinds.append(exc.kind)
+                continue
+            except ConfigError as exc:
+                reasons.append(f"{label}: {exc}")
+                kinds.append("misconfigured")
+                continue
+            except Exception as exc:  # a backend bug must not take the run down
+                log.exception("backend %s.%s crashed", tool, name)
+                reasons.append(f"{label}: internal error: {type(exc).__name__}: {exc}")
+                kinds.append("internal_error")
+                continue
+            provenance = {"backend": name, **result.provenance}
+            provenance["backend"] = name
+            if tool != call.source:
+                provenance["served_by_tool"] = tool
+            if reasons:
+                provenance["fallback_from"] = list(reasons)
+            if cached:
+                provenance["cached"] = True
+            return ImageBlock(
+                image=result.image,
+                tool=call.source,
+                description=call.description,
+                params=call.params,
+                provenance=provenance,
+                elapsed_s=time.monotonic() - t0,
+            )
+        reason = reasons[0].split(": ", 1)[1] if len(reasons) == 1 else "; ".join(reasons)
+        return FailureBlock(call.source, reason, kinds[-1], call.description, call.params, time.monotonic() - t0)
+
+    async def _run_backend(
+        self, tool: str, backend: Backend, params: dict[str, Any], description: str, input_image: ImageData | None
+    ) -> tuple[ToolResult, bool]:
+        ts: ToolSettings = self.settings.tool(tool)
+        key = None
+        if self.cache is not None and ts.cache:
+            key = call_key(tool, backend.name, params, backend.cache_identity(), input_image.sha256 if input_image else None)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit, True
+        request = ToolRequest(tool=tool, params=params, description=description, input_image=input_image)
+        result = await self._attempt(tool, backend, request, ts)
+        if key is not None:
+            try:
+                self.cache.put(key, result)
+            except Exception as exc:
+                log.warning("cache write failed: %s", exc)
+        return result, False
+
+    async def _attempt(self, tool: str, backend: Backend, request: ToolRequest, ts: ToolSettings) -> ToolResult:
+        bsem = self._backend_sem(tool, backend)
+        for attempt in range(ts.retries + 1):
+            try:
+                async with self._sem(tool):
+                    if bsem is None:
+                        return await asyncio.wait_for(backend.run(request), ts.timeout_s)
+                    async with bsem:
+                        return await asyncio.wait_for(backend.run(request), ts.timeout_s)
+            except asyncio.TimeoutError:
+                err: TransientToolError = TransientToolError(f"timed out after {ts.timeout_s:g} s", kind="timeout")
+            except TransientToolError as exc:
+                err = exc
+            if attempt == ts.retries:
+                if ts.retries:
+                    raise TransientToolError(f"{err} (after {ts.retries + 1} attempts)", kind=err.kind) from err
+                raise err
+            if err.retry_after is not None:
+                delay = err.retry_after
+            else:
+                delay = ts.backoff_s * (2**attempt) * (0.5 + random.random())
+            delay = min(delay, ts.max_backoff_s)
+            log.info("%s.%s: %s; retrying in %.1f s", tool, backend.name, err, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class RunSession:
+    """The tool calls of one response, added in document order (see :meth:`Engine.session`)."""
+
+    def __init__(self, engine: Engine, input_images: list[ImageData], on_event: EventHandler | None):
+        self.engine = engine
+        self.input_images = input_images
+        self.on_event = on_event
+        self._items: list[TextBlock | asyncio.Task] = []
+        self._slots: list[asyncio.Task] = []
+
+    def _emit(self, event) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # a broken progress display must not break the run
+                log.exception("event handler failed")
+
+    def add(self, segment: Segment) -> None:
+        """Add the next segment; a tool call starts running at once. Think segments are ignored."""
+        if isinstance(segment, Text):
+            if not segment.text:
+                return
+            if self._items and isinstance(self._items[-1], TextBlock):
+                self._items[-1] = TextBlock(self._items[-1].text + segment.text)
+            else:
+                self._items.append(TextBlock(segment.text))
+        elif isinstance(segment, (ToolCall, InvalidTag)):
+            if segment.index != len(self._slots):
+                raise ValueError(f"slot {segment.index} added out of order (expected {len(self._slots)})")
+            self._emit(ToolStarted(segment.index, getattr(segment, "source", None) or "unknown", segment.description))
+            task = asyncio.ensure_future(self._run_slot(segment))
+            self._slots.append(task)
+            self._items.append(task)
+
+    async def _run_slot(self, seg: ToolCall | InvalidTag) -> ImageBlock | FailureBlock:
+        t0 = time.monotonic()
+        try:
+            block = await self._slot_block(seg)
+        except Exception as exc:  # never lose the other slots
+            log.exception("slot %d crashed", seg.index)
+            block = FailureBlock(getattr(seg, "source", None) or "unknown", f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+        self._emit(ToolFinished(seg.index, block, time.monotonic() - t0))
+        return block
+
+    async def _slot_block(self, seg: ToolCall | InvalidTag) -> ImageBlock | FailureBlock:
+        if isinstance(seg, InvalidTag):
+            return FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description)
+        input_image = None
+        dep = seg.depends_on
+        if dep is not None:
+            n = len(self.input_images)
+            if dep < n:
+                input_image = self.input_images[dep]
+            else:
+                # validation guarantees dep refers to an earlier slot
+                prior = await asyncio.shield(self._slots[dep - n])
+                if isinstance(prior, FailureBlock):
+                    return FailureBlock(
+                        seg.source,
+                        f"the image it edits (index {dep}) failed: {prior.reason}",
+                        "dependency_failed",
+                        seg.description,
+                        seg.params,
+                    )
+                input_image = prior.image
+        return await self.engine.execute(seg, input_image)
+
+    async def finish(self, violations: Sequence[Violation] = ()) -> Document:
+        """Wait for every call and return the document in reading order."""
+        await asyncio.gather(*self._slots, return_exceptions=True)
+        blocks: list[Block] = []
+        for item in self._items:
+            if isinstance(item, TextBlock):
+                blocks.append(item)
+            elif item.cancelled():
+                blocks.append(FailureBlock("unknown", "the run was cancelled before this tool finished", "cancelled"))
+            else:
+                blocks.append(item.result())
+        return Document(blocks=blocks, violations=list(violations), input_images=list(self.input_images))
+
+    async def cancel(self) -> None:
+        for t in self._slots:
+            t.cancel()
+        await asyncio.gather(*self._slots, return_exceptions=True)

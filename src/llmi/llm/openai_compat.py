@@ -1,0 +1,276 @@
+"""Any OpenAI-compatible chat-completions server, streamed through the ``openai`` SDK.
+
+vLLM, SGLang, Ollama, LM Studio, llama.cpp's server, OpenAI and Azure OpenAI all speak this wire format:
+a POST to ``{base_url}/chat/completions`` with ``stream: true`` answers with server-sent events, one
+``chat.completion.chunk`` per delta, an optional usage chunk with empty ``choices``, and ``data: [DONE]``.
+
+The SDK's own retries are switched off (``max_retries=0``): llmi retries a 429 / 5xx answer a couple of
+times itself, honoring ``Retry-After``, and only before the first token — once text has been streamed
+to the caller a retry would duplicate it, so a failure mid-stream is reported instead. Every SDK error is
+translated here into :class:`~llmi.errors.LLMError` or :class:`~llmi.errors.LLMUnreachable`, with
+messages that never contain the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+
+from ..errors import LLMError, LLMUnreachable
+from . import LLMBackend, Message, ThinkWrapper
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import LLMSettings
+    from ..images import ImageData
+
+log = logging.getLogger(__name__)
+
+#: How many times a 429 / 5xx answer is retried before the first token, and the longest wait honored.
+RETRIES = 2
+BACKOFF_S = 1.0
+MAX_WAIT_S = 30.0
+
+START_HINT = (
+    "start an OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen3-8B` (http://localhost:8000/v1) or "
+    "`ollama serve` (http://localhost:11434/v1), or point llmi at one with --base-url / LLMI_BASE_URL "
+    "(and --model / LLMI_MODEL)"
+)
+
+
+def unreachable_message(base_url: str, detail: str = "") -> str:
+    extra = f" ({detail})" if detail else ""
+    return f"no LLM server answered at {base_url}{extra}. To fix: {START_HINT}."
+
+
+def image_part(image: "ImageData") -> dict[str, Any]:
+    """An OpenAI ``image_url`` content part carrying the image inline as a data URL."""
+    b64 = base64.b64encode(image.data).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": f"data:{image.mime};base64,{b64}"}}
+
+
+def with_images(messages: Sequence[Message], images: Sequence["ImageData"]) -> list[Message]:
+    """Attach ``images`` to the last user message as content parts (text first, then images in order)."""
+    out = [dict(m) for m in messages]
+    if not images:
+        return out
+    for m in reversed(out):
+        if m.get("role") == "user":
+            text = m.get("content") or ""
+            parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if isinstance(text, str) else list(text)
+            m["content"] = parts + [image_part(im) for im in images]
+            return out
+    out.append({"role": "user", "content": [image_part(im) for im in images]})
+    return out
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_detail(exc: Any) -> str:
+    """The server's own message, without echoing request data (and so without keys)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        msg = err.get("message") if isinstance(err, dict) else err
+        if isinstance(msg, str) and msg:
+            return msg[:300]
+    msg = getattr(exc, "message", "") or str(exc)
+    return str(msg)[:300]
+
+
+class OpenAICompatLLM(LLMBackend):
+    kind = "openai"
+
+    def __init__(self, settings: "LLMSettings", *, client: Any = None):
+        super().__init__()
+        self.settings = settings
+        self.base_url = settings.base_url.rstrip("/")
+        self.model = settings.model
+        self._client = client
+        self._own_client = client is None
+
+    # -- setup -----------------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return self.base_url
+
+    @property
+    def supports_images(self) -> bool:
+        # Chat servers accept image parts; a text-only model behind one rejects them, which the user
+        # states with `vision = false`.
+        return self.settings.vision is not False
+
+    def _api_key(self) -> str:
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        # Local servers (vLLM, Ollama, LM Studio) accept any key; the SDK insists on one.
+        return key or os.environ.get("OPENAI_API_KEY", "") or "EMPTY"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key(),
+                max_retries=0,
+                timeout=self.settings.timeout_s,
+            )
+        return self._client
+
+    async def prepare(self) -> None:
+        """Pick the model: the configured one, else the only one the server lists."""
+        if self.model:
+            return
+        import openai
+
+        try:
+            page = await self.client.models.list()
+            ids = [m.id for m in page.data]
+        except openai.APIConnectionError as exc:
+            raise LLMUnreachable(unreachable_message(self.base_url, type(exc.__cause__ or exc).__name__)) from None
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc) from None
+        except openai.OpenAIError as exc:
+            raise LLMError(f"listing models at {self.base_url} failed: {_error_detail(exc)}") from None
+        if len(ids) == 1:
+            self.model = ids[0]
+            log.info("using the only model served at %s: %s", self.base_url, self.model)
+            return
+        if not ids:
+            raise LLMError(f"the server at {self.base_url} lists no models; name one with --model / LLMI_MODEL")
+        shown = ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
+        raise LLMError(
+            f"the server at {self.base_url} serves {len(ids)} models ({shown}); choose one with --model / LLMI_MODEL"
+        )
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _status_error(self, exc: Any) -> LLMError:
+        status = getattr(exc, "status_code", None)
+        detail = _error_detail(exc)
+        if status == 401:
+            return LLMError(
+                f"the LLM server at {self.base_url} refused the API key (401: {detail}); set the right key "
+                "in LLMI_API_KEY or in [llm] api_key of the config file"
+            )
+        if status == 403:
+            return LLMError(f"the LLM server at {self.base_url} denied access (403: {detail}); check LLMI_API_KEY")
+        if status == 404:
+            return LLMError(
+                f"the LLM server at {self.base_url} answered 404 ({detail}); check the model name "
+                f"({self.model or 'none given'}) and that the base URL ends with /v1"
+            )
+        if status == 429:
+            return LLMError(f"the LLM server at {self.base_url} kept rate-limiting (429: {detail}); try again later")
+        return LLMError(f"the LLM server at {self.base_url} answered {status}: {detail}")
+
+    # -- streaming -------------------------------------------------------------------------------
+    def _request(self, messages: Sequence[Message], images: Sequence["ImageData"]) -> dict[str, Any]:
+        s = self.settings
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": with_images(messages, images if self.supports_images else ()),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if s.temperature is not None:
+            body["temperature"] = s.temperature
+        if s.top_p is not None:
+            body["top_p"] = s.top_p
+        if s.max_tokens is not None:
+            body["max_tokens"] = s.max_tokens
+        if s.extra_body:
+            body["extra_body"] = dict(s.extra_body)
+        return body
+
+    async def _open(self, request: dict[str, Any]) -> Any:
+        """Send the request, retrying 429 / 5xx answers and timeouts a few times; return the stream."""
+        import openai
+
+        attempt = 0
+        while True:
+            try:
+                return await self.client.chat.completions.create(**request)
+            except openai.APITimeoutError:
+                err: LLMError = LLMError(
+                    f"the LLM server at {self.base_url} did not answer within {self.settings.timeout_s:g} s"
+                )
+                wait = None
+            except openai.APIConnectionError as exc:
+                raise LLMUnreachable(
+                    unreachable_message(self.base_url, type(exc.__cause__ or exc).__name__)
+                ) from None
+            except openai.APIStatusError as exc:
+                err = self._status_error(exc)
+                if exc.status_code != 429 and exc.status_code < 500:
+                    raise err from None
+                wait = _retry_after(exc)
+            except openai.OpenAIError as exc:
+                raise LLMError(f"the LLM request to {self.base_url} failed: {_error_detail(exc)}") from None
+            if attempt >= RETRIES:
+                raise err
+            delay = min(MAX_WAIT_S, wait if wait is not None else BACKOFF_S * 2**attempt)
+            log.warning("%s; retrying in %.1f s", err, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def stream(self, messages: Sequence[Message], *, images: Sequence["ImageData"] = ()) -> AsyncIterator[str]:
+        import openai
+
+        if not self.model:
+            await self.prepare()
+        self.usage = None
+        response = await self._open(self._request(messages, images))
+        think = ThinkWrapper()
+        finished = False
+        try:
+            async for chunk in response:
+                if chunk.usage is not None:
+                    self.usage = chunk.usage.model_dump(exclude_none=True)
+                extra = chunk.model_extra or {}
+                if extra.get("object") == "error" or "error" in extra:  # errors in vLLM's older shape
+                    err = extra.get("error", extra)
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise LLMError(f"the LLM server at {self.base_url} failed mid-stream: {msg}")
+                if chunk.model and not self.settings.model:
+                    self.model = chunk.model
+                for choice in chunk.choices[:1]:
+                    delta = choice.delta
+                    dx = (delta.model_extra or {}) if delta is not None else {}
+                    reasoning = dx.get("reasoning_content") or dx.get("reasoning")
+                    text = think.push(reasoning if isinstance(reasoning, str) else None,
+                                      delta.content if delta is not None else None)
+                    if text:
+                        yield text
+                    if choice.finish_reason:
+                        finished = True
+                        if choice.finish_reason == "length":
+                            log.warning("the model hit max_tokens (%s); the response is cut", self.settings.max_tokens)
+        except openai.APIStatusError as exc:
+            raise LLMError(f"the LLM server at {self.base_url} failed mid-stream: {_error_detail(exc)}") from None
+        except openai.APIError as exc:  # includes the SDK's mid-stream {"error": ...} and dropped connections
+            kind = "the connection dropped" if isinstance(exc, openai.APIConnectionError) else _error_detail(exc)
+            raise LLMError(f"the LLM stream from {self.base_url} broke off: {kind}") from None
+        finally:
+            await response.close()
+        tail = think.close()
+        if tail:
+            yield tail
+        if not finished:
+            raise LLMError(f"the LLM stream from {self.base_url} ended before the model finished (no finish_reason)")
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._own_client:
+            await self._client.close()
+            self._client = None
