@@ -1,0 +1,55 @@
+"""Settings: defaults, file, environment, overrides, and errors that say what to change."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmi.config import load_settings
+from llmi.errors import ConfigError
+
+
+def test_defaults_without_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(environ={})
+    assert s.tool("code").backends == ["sandbox"]
+    assert s.tool("search").backends == ["local"]
+    assert s.images.min_width == 400
+    assert s.sandbox.allow_weaker is False
+
+
+def test_file_then_env_then_overrides(tmp_path):
+    cfg = tmp_path / "llmi.toml"
+    cfg.write_text('[llm]\nbase_url = "http://file/v1"\nmodel = "m-file"\n[tools.search]\nbackends = ["wikimedia"]\n'
+                   '[backends.search.wikimedia]\nmax_candidates = 3\n')
+    s = load_settings(cfg, environ={"LLMI_MODEL": "m-env", "LLMI_TOOLS__SEARCH__CONCURRENCY": "3"},
+                      overrides={"llm": {"base_url": "http://flag/v1"}})
+    assert s.llm.base_url == "http://flag/v1"
+    assert s.llm.model == "m-env"
+    assert s.tool("search").backends == ["wikimedia"] and s.tool("search").concurrency == 3
+    assert s.tool("code").backends == ["sandbox"]  # partial tool tables merge over defaults
+    assert s.backend_options("search", "wikimedia") == {"max_candidates": 3}
+
+
+def test_llmi_config_env_var(tmp_path, monkeypatch):
+    cfg = tmp_path / "x.toml"
+    cfg.write_text("[sandbox]\nworkers = 3\n")
+    monkeypatch.setenv("LLMI_CONFIG", str(cfg))
+    assert load_settings().sandbox.workers == 3
+    monkeypatch.setenv("LLMI_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="LLMI_CONFIG"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[sandbox]\nworkerz = 3\n", "workerz"),
+        ("[tools.code]\nconcurrency = 'many'\n", "concurrency"),
+        ("not toml = = =", "cannot read config file"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path, text, match):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings(cfg, environ={})
