@@ -228,3 +228,32 @@ async def test_usable_tools_reflect_configuration():
     s = settings(tools={"edit": {"backends": []}, "code": {"backends": ["nope"]}})
     async with Engine(s, cache=False) as engine:
         assert engine.usable_tools() == ["search", "diffusion"]
+
+
+_PIECES = [
+    "text ", "\n", "```\n", "<think>", "</think>", "<imgen>", "</imgen>", "{", "}", "'", '"',
+    tag("search", "d", query="q"), tag("code", "c", code="x"), tag("edit", "e", img_index=0, prompt="p"),
+    tag("edit", "e", img_index=2, prompt="p"), tag("edit", "e", img_index=-1, prompt="p"),
+    "{'source': 'edit', 'description': 'd', 'params': {'img_index': 1, 'prompt': 'p'}}", "Here is an image:\n",
+]
+
+
+def test_random_responses_through_the_engine_never_raise():
+    from hypothesis import given, settings as hsettings, strategies as st
+
+    s = settings(tools={"diffusion": {"backends": []}})
+
+    @hsettings(max_examples=60, deadline=None)
+    @given(st.lists(st.sampled_from(_PIECES), max_size=25).map("".join), st.integers(0, 2))
+    def check(response, n_inputs):
+        inputs = [png_for(f"in{i}") for i in range(n_inputs)]
+        doc = asyncio.run(run(response, s, inputs=inputs))
+        from llmi.protocol import parse_response
+
+        assert len(doc.slots) == len(parse_response(response, n_inputs).slots)
+        for block in doc.slots:
+            assert isinstance(block, (ImageBlock, FailureBlock))
+            if isinstance(block, FailureBlock):
+                assert block.reason and block.kind
+
+    check()
