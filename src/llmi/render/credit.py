@@ -8,9 +8,10 @@ checked to be http(s) (anything else is shown as text, never as a link).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 #: Longest piece of provenance text shown; a credit is a line, not a place for a page of text.
 _MAX_PART = 300
@@ -22,21 +23,27 @@ class Link:
     url: str
 
 
-Part = Union[str, Link]
+Part = str | Link
 
 
 def safe_http_url(value: Any) -> str | None:
-    """``value`` if it is an absolute http(s) URL with a host and no whitespace or control characters."""
+    """``value`` as an absolute http(s) URL with a host, or None.
+
+    Control characters disqualify it; spaces, quotes, angle brackets and non-ASCII characters are
+    percent-encoded (so a title-like URL such as ``.../File:Fox (1).jpg`` still links).
+    """
     if not isinstance(value, str):
         return None
     url = value.strip()
-    if not url or any(ord(c) < 33 or c in "\x7f<>\"'`\\" for c in url):
+    if not url or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in url):
         return None
+    url = quote(url, safe=":/?#[]@!$&'()*+,;=%~-._")
     try:
         parts = urlsplit(url)
+        host = parts.hostname
     except ValueError:
         return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if parts.scheme.lower() not in ("http", "https") or not host:
         return None
     return url
 
@@ -71,7 +78,9 @@ def _engine(prov: Mapping[str, Any], fallback: str) -> str:
     return _text(prov, "model") or _text(prov, "backend") or fallback
 
 
-def credit_parts(tool: str, provenance: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None) -> list[Part]:
+def credit_parts(
+    tool: str, provenance: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None
+) -> list[Part]:
     """What the caption says about where an image came from, e.g. ``Photo: Eiffel Tower, CC BY-SA 4.0 — source``."""
     prov = provenance if isinstance(provenance, Mapping) else {}
     params = params if isinstance(params, Mapping) else {}
@@ -111,7 +120,9 @@ def credit_parts(tool: str, provenance: Mapping[str, Any] | None, params: Mappin
     return parts
 
 
-def credit_text(tool: str, provenance: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None) -> str:
+def credit_text(
+    tool: str, provenance: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None
+) -> str:
     """The credit as plain text (links written as ``host <url>``)."""
     out = []
     for p in credit_parts(tool, provenance, params):
