@@ -55,7 +55,7 @@ def test_render_edit_chain_example_to_html_and_markdown(cli, in_repo):
     assert r.exit_code == 0, r.output
     page = html.read_text()
     assert page.count("data:image/png;base64,") == 4
-    assert "llmi-failure" not in page
+    assert 'class="llmi-failure"' not in page
 
     md = in_repo / "garden.md"
     r = cli.invoke(app, ["render", "examples/edit_chain.txt", "-i", "examples/images/garden.jpg",
