@@ -349,6 +349,18 @@ def pick_dtype(dtype: str, device: str):
     return torch.float32
 
 
+def _dtype_keyword() -> str:
+    """Recent diffusers call the dtype argument ``dtype`` (``torch_dtype`` is deprecated); older
+    releases know only ``torch_dtype``."""
+    import importlib
+
+    try:
+        utils = importlib.import_module("diffusers.utils.deprecation_utils")
+    except ImportError:  # pragma: no cover - old diffusers
+        return "torch_dtype"
+    return "dtype" if hasattr(utils, "_resolve_dtype") else "torch_dtype"
+
+
 class DiffusersRunner:
     """One local diffusers pipeline: loaded lazily, once, and run off the event loop.
 
@@ -405,7 +417,8 @@ class DiffusersRunner:
             path = str(Path(self.model_path).expanduser()) if not self.allow_download else self.model_path
             log.info("loading %s from %s on %s (%s)", cls.__name__, path, device, dtype)
             try:
-                pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=not self.allow_download)
+                pipe = cls.from_pretrained(path, **{_dtype_keyword(): dtype},
+                                           local_files_only=not self.allow_download)
             except ToolError:
                 raise
             except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, ...
@@ -442,7 +455,7 @@ class DiffusersRunner:
             log.debug("%s does not take %s; ignored", type(pipe).__name__, ", ".join(dropped))
         return {k: v for k, v in kwargs.items() if k in params}
 
-    def _call_sync(self, kwargs: dict[str, Any], seed: int | None) -> ImageData:
+    def call_sync(self, kwargs: dict[str, Any], seed: int | None) -> ImageData:
         import torch
 
         pipe = self._load_sync()
@@ -476,7 +489,7 @@ class DiffusersRunner:
     async def __call__(self, kwargs: dict[str, Any], *, seed: int | None = None) -> ImageData:
         import asyncio
 
-        return await asyncio.to_thread(self._call_sync, kwargs, seed)
+        return await asyncio.to_thread(self.call_sync, kwargs, seed)
 
     def close(self) -> None:
         pipe, self._pipe = self._pipe, None

@@ -1,0 +1,38 @@
+"""A local diffusers edit pipeline: Qwen-Image-Edit, InstructPix2Pix, FLUX Kontext, ...
+
+Same loading and threading as :mod:`llmi.tools.diffusion.diffusers_local`; the input image is passed as
+``image`` (RGB). Each family has its own strength knob — ``true_cfg_scale`` (Qwen-Image-Edit),
+``image_guidance_scale`` (InstructPix2Pix), ``guidance_scale`` (FLUX Kontext) — and each is passed only to
+pipelines that take it. Output size follows the input unless ``height``/``width`` are set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import imagegen
+from ..base import ToolRequest, ToolResult
+from ..diffusion.diffusers_local import CALL_FIELDS, DiffusersBase, DiffusersOptions
+
+
+class DiffusersEditOptions(DiffusersOptions):
+    #: InstructPix2Pix: how closely to keep the input image (>= 1).
+    image_guidance_scale: float | None = None
+
+
+class DiffusersEdit(DiffusersBase):
+    tool = "edit"
+    name = "diffusers"
+    Options = DiffusersEditOptions
+    call_fields = CALL_FIELDS + ("image_guidance_scale",)
+
+    async def run(self, request: ToolRequest) -> ToolResult:
+        prompt = imagegen.require_prompt(request)
+        source = imagegen.require_input_image(request)
+        kwargs: dict[str, Any] = self.call_kwargs(prompt)
+        pil = source.to_pil()
+        kwargs["image"] = pil.convert("RGB") if pil.mode != "RGB" else pil
+        image = await self.runner(kwargs, seed=self.options.seed)
+        return ToolResult(image=image, provenance={
+            "backend": f"{self.tool}.{self.name}", "model": self.options.model_path, "prompt": prompt,
+            "input_sha256": source.sha256})
