@@ -77,6 +77,8 @@ class ImageData:
                 im.load()  # full decode: catches truncated files
         except ToolError:
             raise
+        except Image.DecompressionBombError as exc:
+            raise ToolError(f"image is too large to decode safely: {exc}", kind="image_too_large") from exc
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ToolError(f"image does not decode: {exc}", kind="invalid_image") from exc
         if min_size and (width < min_size[0] or height < min_size[1]):
