@@ -25,9 +25,10 @@ _LAZY = {
     "Settings": "llmi.config",
     "load_settings": "llmi.config",
     "write_document": "llmi.render",
-    "generate": "llmi.generate",
-    "agenerate": "llmi.generate",
-    "stream": "llmi.generate",
+    "generate": "llmi.generation",
+    "agenerate": "llmi.generation",
+    "stream": "llmi.generation",
+    "GenerationError": "llmi.generation",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings, load_settings
     from .document import Document, FailureBlock, ImageBlock, TextBlock
     from .engine import Engine
-    from .generate import agenerate, generate, stream
+    from .generation import GenerationError, agenerate, generate, stream
     from .images import ImageData
     from .protocol import StreamParser, parse_response
     from .render import write_document

@@ -239,13 +239,13 @@ class OpenAICompatLLM(LLMBackend):
                 if chunk.usage is not None:
                     self.usage = chunk.usage.model_dump(exclude_none=True)
                 extra = chunk.model_extra or {}
-                if extra.get("object") == "error" or "error" in extra:  # errors in vLLM's older shape
+                if getattr(chunk, "object", None) == "error" or "error" in extra:  # vLLM's older error shape
                     err = extra.get("error", extra)
                     msg = err.get("message") if isinstance(err, dict) else str(err)
                     raise LLMError(f"the LLM server at {self.base_url} failed mid-stream: {msg}")
                 if chunk.model and not self.settings.model:
                     self.model = chunk.model
-                for choice in chunk.choices[:1]:
+                for choice in (chunk.choices or [])[:1]:
                     delta = choice.delta
                     dx = (delta.model_extra or {}) if delta is not None else {}
                     reasoning = dx.get("reasoning_content") or dx.get("reasoning")

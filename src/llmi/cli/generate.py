@@ -1,0 +1,170 @@
+"""``llmi generate``: an LLM writes the document and the tools run while it is still writing.
+
+Where things go: the model's text streams to **stdout** (piece by piece when stdout is a pipe or a file;
+line by line above the tool lines when stdout and stderr share a terminal); the live tool lines
+(running / done in N s / failed: reason), warnings and the final summary go to **stderr**.
+
+Exit codes: 0 once the document is written (tool failures show as failure notes in it); 1 when the LLM
+failed part-way — the partial document is still written, with the message saying so; 2 when nothing
+could be produced (no reachable LLM, bad key, bad configuration or input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+import typer
+
+from . import app
+from .common import check_output_path, console, errors_as_exit, fail, load, setup_logging
+from .progress import ToolProgress
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: str = typer.Argument(..., help="what to write ('-' reads it from stdin)"),
+    output: Path = typer.Option(..., "-o", "--output", help="OUT.html, OUT.md or OUT.json"),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="a user image (repeatable; index 0, 1, ...)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (env LLMI_BASE_URL)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model id (env LLMI_MODEL); default: the only one served"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="'openai' (any compatible server) or 'transformers'"),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help="local model folder (implies --backend transformers)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    no_vision: bool = typer.Option(False, "--no-vision", help="the model is text-only: do not send it the images"),
+    system_prompt: Optional[Path] = typer.Option(None, "--system-prompt", help="replace the built-in system prompt"),
+    trace: bool = typer.Option(False, "--trace", help="save OUT.trace.json beside the output"),
+    trace_file: Optional[Path] = typer.Option(None, "--trace-file", help="save the trace here"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config file (TOML)"),
+    title: Optional[str] = typer.Option(None, help="document title (HTML)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the result cache"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="do not echo the model's text"),
+    show_think: bool = typer.Option(False, "--show-think", help="echo the model's reasoning too (dimmed, stderr)"),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Write an illustrated document for PROMPT: any LLM writes, tools run as soon as each tag closes.
+
+    The LLM is any OpenAI-compatible server (vLLM, SGLang, Ollama, LM Studio, OpenAI, ...) at --base-url or LLMI_BASE_URL (API key from LLMI_API_KEY or the config file), or a local transformers model (--model-path).
+
+    The text streams to stdout; tool progress and the summary go to stderr. Exit 0: written; 1: the LLM failed part-way (partial document written); 2: nothing produced.
+    """
+    setup_logging(verbose)
+    from ..generation import GenerationError, Trace, agenerate, trace_path_for
+
+    with errors_as_exit():
+        from ..render import write_document
+
+        check_output_path(output)
+        text = sys.stdin.read() if prompt == "-" else prompt
+        if not text.strip():
+            fail("the prompt is empty")
+        overrides: dict[str, Any] = {}
+        llm: dict[str, Any] = {}
+        if base_url:
+            llm["base_url"] = base_url
+        if model:
+            llm["model"] = model
+        if model_path:
+            llm.update(backend="transformers", model_path=str(model_path))
+        if backend:
+            llm["backend"] = backend
+        if temperature is not None:
+            llm["temperature"] = temperature
+        if max_tokens is not None:
+            llm["max_tokens"] = max_tokens
+        if no_vision:
+            llm["vision"] = False
+        if llm:
+            overrides["llm"] = llm
+        if no_cache:
+            overrides["cache"] = {"enabled": False}
+        settings = load(config, overrides or None)
+        images = list(image or [])
+        tpath = trace_file or (trace_path_for(output) if trace else None)
+
+        run_trace = Trace()
+        t0 = time.perf_counter()
+        status = 0
+        try:
+            doc = asyncio.run(
+                _run(agenerate, text, images, settings, system_prompt, run_trace, quiet=quiet, show_think=show_think)
+            )
+        except GenerationError as exc:
+            doc, status = exc.document, 1
+            message = str(exc)
+        finally:
+            if tpath is not None and run_trace.started:
+                run_trace.save(tpath)
+        path = write_document(doc, output, prompt=text, title=title)
+
+    n_img, n_fail = len(doc.images), len(doc.failures)
+    stats = doc.stats
+    summary = (
+        f"wrote {path}: {n_img} image(s), {n_fail} failure(s), {len(doc.violations)} format violation(s) "
+        f"in {time.perf_counter() - t0:.1f} s"
+        + (" — " + ", ".join(f"{t} {s['success']}/{s['total']}" for t, s in stats.items()) if stats else "")
+    )
+    console.print(summary, highlight=False)
+    if tpath is not None:
+        console.print(f"trace: {tpath}", highlight=False)
+    if status:
+        console.print(f"[bold red]error:[/] {message} (partial document written)", highlight=False, soft_wrap=True)
+        raise typer.Exit(status)
+
+
+class _TextEcho:
+    """Writes the model's text as it streams. Chooses the stream at start, before the live display
+    takes over ``sys.stdout``: a pipe or file gets every piece at once, a terminal gets lines through
+    the live display so they appear above the tool lines."""
+
+    def __init__(self, *, quiet: bool, show_think: bool):
+        self.quiet = quiet
+        self.show_think = show_think
+        self.raw: TextIO = sys.stdout
+        self.via_live = sys.stdout.isatty() and console.is_terminal
+        self.wrote_any = False
+        self.last = ""
+
+    def text(self, s: str) -> None:
+        if self.quiet or not s:
+            return
+        out = sys.stdout if self.via_live else self.raw
+        out.write(s)
+        if not self.via_live:
+            out.flush()
+        self.wrote_any, self.last = True, s
+
+    def think(self, s: str) -> None:
+        if self.show_think and not self.quiet and s:
+            console.print(s, style="dim", end="", highlight=False, markup=False)
+
+    def close(self) -> None:
+        if self.wrote_any and not self.last.endswith("\n"):
+            self.text("\n")
+        if not self.via_live:
+            self.raw.flush()
+
+
+async def _run(agenerate, text, images, settings, system_prompt, trace, *, quiet: bool, show_think: bool):
+    from ..events import TextEvent, ThinkEvent, ToolFinished, ToolStarted
+
+    echo = _TextEcho(quiet=quiet, show_think=show_think)
+    with ToolProgress(console) as progress:
+
+        def on_event(ev) -> None:
+            if isinstance(ev, TextEvent):
+                echo.text(ev.text)
+            elif isinstance(ev, ThinkEvent):
+                echo.think(ev.text)
+            elif isinstance(ev, (ToolStarted, ToolFinished)):
+                progress.handle(ev)
+
+        try:
+            return await agenerate(text, images=images, settings=settings, system_prompt_file=system_prompt,
+                                   on_event=on_event, trace=trace)
+        finally:
+            echo.close()

@@ -1,0 +1,378 @@
+"""generate / agenerate / stream and ``llmi generate``: a streamed response through the real engine.
+
+The LLM is the loopback SSE server; tools are fake backends registered like plugins (they sleep, then
+return a PNG), plus — when they are installed — the real chart sandbox and the local image library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from typing import ClassVar
+
+import pytest
+
+import llmi.generation as G
+from llmi.config import load_settings
+from llmi.document import FailureBlock, ImageBlock
+from llmi.errors import ConfigError, LLMUnreachable
+from llmi.events import TextEvent, ThinkEvent, ToolFinished, ToolStarted
+from llmi.images import ImageData
+from llmi.tools import registry
+from llmi.tools.base import Backend, BackendOptions, ToolRequest, ToolResult
+
+from .helpers import make_png
+from .sse_server import Script, SSEServer, split_every
+
+
+class FakeOptions(BackendOptions):
+    latency_s: float = 0.0
+
+
+class _Fake(Backend):
+    Options = FakeOptions
+    calls: ClassVar[list] = []
+
+    async def run(self, request: ToolRequest) -> ToolResult:
+        type(self).calls.append((time.perf_counter(), request))
+        await asyncio.sleep(self.options.latency_s)
+        color = (10, 200, 10) if request.input_image is None else (200, 10, 200)
+        return ToolResult(ImageData.from_bytes(make_png(16, 12, color)), {"model": f"fake-{self.tool}"})
+
+
+class FakeCode(_Fake):
+    tool, name = "code", "fake"
+
+
+class FakeSearch(_Fake):
+    tool, name = "search", "fake"
+
+
+class FakeEdit(_Fake):
+    tool, name = "edit", "fake"
+
+
+@pytest.fixture(autouse=True)
+def fakes():
+    for cls in (FakeCode, FakeSearch, FakeEdit):
+        registry.register(cls)
+    _Fake.calls = []
+    yield
+    for cls in (FakeCode, FakeSearch, FakeEdit):
+        registry.unregister(cls.tool, cls.name)
+
+
+def settings_for(url: str, latency: float = 0.0, *, tools=("code", "search", "edit"), **llm):
+    over = {
+        "llm": {"base_url": url, "model": "test-model", **llm},
+        "tools": {t: {"backends": ["fake"] if t in tools else []} for t in ("code", "search", "edit", "diffusion")},
+        "backends": {t: {"fake": {"latency_s": latency}} for t in ("code", "search", "edit")},
+        "cache": {"enabled": False},
+    }
+    return load_settings(overrides=over, environ={})
+
+
+def tag(source: str, desc: str, **params) -> str:
+    return "<imgen>" + json.dumps({"source": source, "description": desc, "params": params}) + "</imgen>"
+
+
+RESPONSE = (
+    "<think>plan: a chart, then a photo</think>"
+    "# Sales\n\nSales rose in spring.\n\n"
+    + tag("code", "Monthly sales", code="plt.bar([1, 2], [3, 4])")
+    + "\n\nThe office by the river.\n\n"
+    + tag("search", "Office by the river", query="office river")
+    + "\n\nThe same office at night.\n\n"
+    + tag("edit", "Office at night", img_index=1, prompt="make it night")
+    + "\n\nThat is all."
+)
+
+
+async def test_stream_events_and_document_in_order():
+    with SSEServer(Script(content=split_every(RESPONSE, 7))) as srv:
+        events = [ev async for ev in G.stream("Write about sales.", settings=settings_for(srv.base_url))]
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "done" and kinds.count("done") == 1
+    doc = events[-1].document
+    assert [b.type for b in doc.blocks] == ["text", "image", "text", "image", "text", "image", "text"]
+    assert [b.tool for b in doc.slots] == ["code", "search", "edit"]
+    assert doc.images[2].provenance["backend"] == "fake"
+    assert "plan:" not in doc.text and doc.text.startswith("# Sales")  # think dropped
+    assert "".join(e.text for e in events if isinstance(e, ThinkEvent)) == "plan: a chart, then a photo"
+    assert "".join(e.text for e in events if isinstance(e, TextEvent)) == doc.text
+    started = [e.index for e in events if isinstance(e, ToolStarted)]
+    finished = sorted(e.index for e in events if isinstance(e, ToolFinished))
+    assert started == [0, 1, 2] and finished == [0, 1, 2]
+    # the edit got the search result (index 1: no user images, so slot 1) as its input image
+    edit_req = [r for _, r in _Fake.calls if r.tool == "edit"][0]
+    assert edit_req.input_image == doc.images[1].image
+
+
+async def test_tools_start_while_the_model_is_still_writing():
+    """Tag 0 closes early; its tool must start long before the stream ends, and overlap the writing."""
+    pieces = split_every(RESPONSE, 7)
+    delay, latency = 0.01, 0.3
+    with SSEServer(Script(content=pieces, delay_s=delay)) as srv:
+        trace = G.Trace()
+        t0 = time.perf_counter()
+        doc = await G.agenerate("Write.", settings=settings_for(srv.base_url, latency), trace=trace)
+        wall = time.perf_counter() - t0
+    decode = trace.timings["llm_done_s"]
+    assert decode >= delay * len(pieces) * 0.9
+    code_call = trace.tool_calls[0]
+    assert code_call.started_at < decode * 0.6  # started while the model was writing
+    # independent tags overlap the writing; the edit waits for its search: bound ≈ D + 2L (+ slack)
+    assert wall < decode + 2 * latency + 0.4, (wall, decode)
+    assert len(doc.images) == 3
+
+
+async def test_system_prompt_advertises_only_usable_tools_and_can_be_replaced(tmp_path):
+    with SSEServer(Script(content=["Just text."])) as srv:
+        await G.agenerate("Hi", settings=settings_for(srv.base_url, tools=("code",)))
+        system = srv.requests[0]["messages"][0]["content"]
+        assert "`code`" in system and "plt" in system
+        assert "`search`" not in system and "`diffusion`" not in system and "img_index" not in system
+
+        await G.agenerate("Hi", settings=settings_for(srv.base_url, tools=("code", "edit")))
+        system = srv.requests[1]["messages"][0]["content"]
+        assert "`edit`" in system and "img_index" in system and "Image indices" in system
+
+        custom = tmp_path / "mine.md"
+        custom.write_text("House style. Tools:\n{{TOOLS}}\n", encoding="utf-8")
+        trace = G.Trace()
+        await G.agenerate("Hi", settings=settings_for(srv.base_url, tools=("search",)), system_prompt_file=custom,
+                          trace=trace)
+        system = srv.requests[2]["messages"][0]["content"]
+        assert system.startswith("House style.") and "`search`" in system and "`code`" not in system
+        assert trace.system_prompt_name == str(custom) and len(trace.system_prompt_sha256) == 64
+
+        with pytest.raises(ConfigError, match="system prompt file"):
+            await G.agenerate("Hi", settings=settings_for(srv.base_url), system_prompt_file=tmp_path / "nope.md")
+
+
+async def test_user_images_are_sent_to_a_vision_model_and_editable_by_index():
+    user_png = make_png(20, 20, (1, 2, 3))
+    response = "Your photo, recoloured.\n\n" + tag("edit", "Recoloured", img_index=0, prompt="make it blue")
+    with SSEServer(Script(content=split_every(response, 5))) as srv:
+        doc = await G.agenerate("Recolour my photo", images=[user_png], settings=settings_for(srv.base_url))
+        user = srv.requests[0]["messages"][-1]["content"]
+    assert [p["type"] for p in user] == ["text", "image_url"]
+    assert "numbered 0" in user[0]["text"] and "cannot see" not in user[0]["text"]
+    assert doc.input_images[0].data == user_png
+    assert doc.slots[0].type == "image"
+    edit_req = [r for _, r in _Fake.calls if r.tool == "edit"][0]
+    assert edit_req.input_image.data == user_png
+
+
+async def test_text_only_model_is_told_it_cannot_see_the_images_but_may_edit_them():
+    response = tag("edit", "Recoloured", img_index=1, prompt="make it blue")
+    with SSEServer(Script(content=[response])) as srv:
+        doc = await G.agenerate("Recolour", images=[make_png(), make_png(9, 9)],
+                                settings=settings_for(srv.base_url, vision=False))
+        user = srv.requests[0]["messages"][-1]["content"]
+    assert isinstance(user, str)  # no image parts
+    assert "cannot see them" in user and "numbered 0 to 1" in user and "`edit`" in user
+    assert "first tag will be image 2" in user
+    assert doc.slots[0].type == "image"
+    assert [r for _, r in _Fake.calls if r.tool == "edit"][0].input_image.width == 9
+
+
+async def test_failure_mid_stream_keeps_the_partial_document_and_the_trace(tmp_path):
+    pieces = ["Intro.\n\n", tag("code", "Chart", code="x"), "\n\nMore text ", "<imgen>{\"source\": \"se"]
+    with SSEServer(Script(content=pieces, fail_after=4, fail="drop")) as srv:
+        path = tmp_path / "t.json"
+        with pytest.raises(G.GenerationError) as info:
+            await G.agenerate("Write", settings=settings_for(srv.base_url), trace_path=path)
+    doc = info.value.document
+    assert doc.text.startswith("Intro.") and "More text" in doc.text
+    assert isinstance(doc.slots[0], ImageBlock)  # the finished chart is kept
+    assert isinstance(doc.slots[1], FailureBlock) and doc.slots[1].kind == "unclosed_tag"
+    saved = json.loads(path.read_text())
+    assert "broke off" in saved["error"] and saved["raw_response"].endswith('{"source": "se')
+    assert saved["tool_calls"][0]["outcome"] == "image"
+
+
+async def test_unreachable_llm_raises_without_a_document():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    s.close()
+    with pytest.raises(LLMUnreachable) as info:
+        await G.agenerate("Write", settings=settings_for(url))
+    assert url in str(info.value)
+    assert not isinstance(info.value, G.GenerationError)
+
+
+async def test_trace_records_every_call_with_timing_backend_and_outcome(tmp_path):
+    response = ("<think>hmm</think>A.\n" + tag("code", "C", code="x") + "\nB.\n"
+                + tag("diffusion", "D", prompt="a cat") + "\n" + "<imgen>{bad json</imgen>")
+    with SSEServer(Script(content=split_every(response, 11))) as srv:
+        trace = G.Trace()
+        doc = await G.agenerate("Write", settings=settings_for(srv.base_url), trace=trace)
+    d = trace.to_dict()
+    assert d["prompt"] == "Write" and d["model"] == "test-model" and d["llm_backend"] == "openai"
+    assert d["raw_response"] == response and d["think"] == "hmm"
+    assert d["usage"]["prompt_tokens"] == 9
+    assert [c["outcome"] for c in d["tool_calls"]] == ["image", "failure", "failure"]
+    c0, c1, c2 = d["tool_calls"]
+    assert c0["backend"] == "fake" and c0["params"] == {"code": "x"} and c0["elapsed_s"] is not None
+    assert c1["kind"] == "no_backend" and c1["source"] == "diffusion"
+    assert c2["kind"] == "unparseable_payload" and c2["params"]["raw"] == "{bad json"
+    assert d["violations"][0]["kind"] == "invalid_tag"
+    assert set(d["timings"]) >= {"first_token_s", "llm_done_s", "total_s", "tools_after_text_s"}
+    assert len(doc.slots) == 3
+
+
+def test_sync_generate_and_its_refusal_inside_a_loop():
+    with SSEServer(Script(content=["Plain ", "text."])) as srv:
+        doc = G.generate("Write", settings=settings_for(srv.base_url))
+    assert doc.text == "Plain text."
+
+    async def inside():
+        with pytest.raises(RuntimeError, match="agenerate"):
+            G.generate("Write")
+
+    asyncio.run(inside())
+
+
+async def test_stopping_the_stream_early_cancels_pending_tools():
+    response = tag("code", "Slow", code="x") + "after"
+    with SSEServer(Script(content=[response, " more", " text"], delay_s=0.05)) as srv:
+        agen = G.stream("Write", settings=settings_for(srv.base_url, latency=5.0))
+        async for ev in agen:
+            if isinstance(ev, ToolStarted):
+                break
+        t0 = time.perf_counter()
+        await agen.aclose()
+        assert time.perf_counter() - t0 < 2.0  # did not wait for the 5 s tool
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def _cli(args, settings_toml: str, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import importlib
+
+    from llmi.cli import app
+
+    # Register every subcommand, as llmi.cli.main does (with one command typer would drop its name).
+    for mod in ("generate", "render", "doctor", "reward"):
+        try:
+            importlib.import_module(f"llmi.cli.{mod}")
+        except ImportError:
+            pass
+
+    cfg = tmp_path / "llmi.toml"
+    cfg.write_text(settings_toml, encoding="utf-8")
+    for var in ("LLMI_BASE_URL", "LLMI_MODEL", "LLMI_API_KEY", "LLMI_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    return CliRunner().invoke(app, ["generate", *args, "--config", str(cfg)])
+
+
+TOML = """
+[tools.code]
+backends = ["fake"]
+[tools.search]
+backends = ["fake"]
+[tools.edit]
+backends = ["fake"]
+[cache]
+enabled = false
+"""
+
+
+def test_cli_writes_the_document_streams_text_and_saves_the_trace(tmp_path, monkeypatch):
+    out = tmp_path / "out.html"
+    with SSEServer(Script(content=split_every(RESPONSE, 9)), models=["served-model"]) as srv:
+        res = _cli(["Write about sales.", "-o", str(out), "--base-url", srv.base_url, "--trace"],
+                   TOML, tmp_path, monkeypatch)
+    assert res.exit_code == 0, res.output
+    assert "Sales rose in spring." in res.stdout  # the streamed text
+    assert "plan:" not in res.stdout
+    err = " ".join(res.stderr.split())  # rich wraps long lines
+    assert "wrote" in err and "3 image(s)" in err and "done in" in err
+    html = out.read_text()
+    assert html.count("<img") >= 3
+    trace = json.loads((tmp_path / "out.trace.json").read_text())
+    assert trace["model"] == "served-model" and len(trace["tool_calls"]) == 3
+
+
+def test_cli_without_a_reachable_llm_exits_nonzero_with_one_message(tmp_path, monkeypatch):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    s.close()
+    res = _cli(["Write", "-o", str(tmp_path / "o.md"), "--base-url", url], TOML, tmp_path, monkeypatch)
+    assert res.exit_code == 2
+    err = " ".join(res.stderr.split())
+    assert url in err and "vllm serve" in err and "ollama serve" in err and "LLMI_BASE_URL" in err
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "o.md").exists()
+
+
+def test_cli_mid_stream_failure_writes_the_partial_document_and_exits_1(tmp_path, monkeypatch):
+    out = tmp_path / "o.json"
+    with SSEServer(Script(content=["Intro.\n", tag("code", "C", code="x"), "tail"], fail_after=2)) as srv:
+        res = _cli(["Write", "-o", str(out), "--base-url", srv.base_url, "-m", "x"], TOML, tmp_path, monkeypatch)
+    assert res.exit_code == 1, res.output
+    assert "partial document written" in " ".join(res.stderr.split())
+    data = json.loads(out.read_text())
+    assert [b["type"] for b in data["blocks"]] == ["text", "image"]
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end with the real chart sandbox and the local library
+# ------------------------------------------------------------------------------------------------
+
+
+def _real_backends_available() -> bool:
+    try:
+        registry.get("code", "sandbox")
+        registry.get("search", "local")
+    except ConfigError:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _real_backends_available(), reason="code.sandbox / search.local not installed")
+async def test_end_to_end_with_real_charts_and_the_local_library(tmp_path):
+    from PIL import Image
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.new("RGB", (480, 480), (30, 90, 200)).save(lib / "river-bridge-at-night.png")
+    response = (
+        "## Rainfall\n\nIt rained most in May.\n\n"
+        + tag("code", "Monthly rainfall", code="plt.bar(['Apr', 'May'], [53, 65])\nplt.title('Rain (mm)')")
+        + "\n\nThe old bridge.\n\n"
+        + tag("search", "The river bridge at night", query="river bridge night")
+        + "\n"
+    )
+    over = {
+        "llm": {"model": "m"},
+        "tools": {"code": {"backends": ["sandbox"]}, "search": {"backends": ["local"]}},
+        "backends": {"search": {"local": {"root": str(lib)}}},
+        "cache": {"enabled": False},
+    }
+    with SSEServer(Script(content=split_every(response, 6))) as srv:
+        over["llm"]["base_url"] = srv.base_url
+        settings = load_settings(overrides=over, environ={})
+        from llmi.engine import Engine
+
+        async with Engine(settings, cache=False) as engine:
+            if engine.usable_tools() != ["search", "code"]:
+                pytest.skip(f"real backends not usable here: {engine.usable_tools()}")
+            doc = await G.agenerate("Rain and a bridge", settings=settings, engine=engine)
+    assert [b.type for b in doc.blocks] == ["text", "image", "text", "image", "text"], doc.failures
+    chart, photo = doc.images
+    assert chart.tool == "code" and chart.mime == "image/png" and chart.width > 200
+    assert photo.tool == "search" and photo.width == 480

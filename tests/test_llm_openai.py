@@ -1,0 +1,206 @@
+"""The OpenAI-compatible backend against a loopback server that streams SSE like vLLM / OpenAI."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from llmi.config import LLMSettings
+from llmi.errors import LLMError, LLMUnreachable
+from llmi.images import ImageData
+from llmi.llm import create_llm
+from llmi.llm import openai_compat
+from llmi.llm.openai_compat import OpenAICompatLLM
+
+from .helpers import make_png
+from .sse_server import Script, SSEServer, split_every
+
+MSGS = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Write."}]
+
+
+def llm_for(srv: SSEServer, **kw) -> OpenAICompatLLM:
+    return create_llm(LLMSettings(base_url=srv.base_url, **kw))
+
+
+async def collect(llm, **kw) -> str:
+    out = []
+    async for d in llm.stream(MSGS, **kw):
+        out.append(d)
+    return "".join(out)
+
+
+async def test_streams_deltas_usage_and_sends_the_request():
+    text = 'Hello <imgen>{"source": "code"}</imgen> world'
+    with SSEServer(Script(content=split_every(text, 3))) as srv:
+        llm = llm_for(srv, model="m1", temperature=0.2, top_p=0.9, max_tokens=77,
+                      extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        pieces = [d async for d in llm.stream(MSGS)]
+        await llm.aclose()
+    assert "".join(pieces) == text
+    assert len(pieces) == len(split_every(text, 3))  # no buffering: one delta per chunk
+    assert llm.usage == {"prompt_tokens": 9, "completion_tokens": len(pieces), "total_tokens": 9 + len(pieces)}
+    body = srv.requests[0]
+    assert body["model"] == "m1" and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["temperature"] == 0.2 and body["top_p"] == 0.9 and body["max_tokens"] == 77
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}  # extra_body is merged into the body
+    assert body["messages"] == MSGS
+
+
+async def test_uses_the_only_listed_model_and_refuses_to_guess_among_many():
+    with SSEServer(Script(content=["ok"]), models=["only-one"]) as srv:
+        llm = llm_for(srv)
+        assert await collect(llm) == "ok"
+        assert llm.model == "only-one" and srv.requests[0]["model"] == "only-one"
+        await llm.aclose()
+    with SSEServer(Script(content=["ok"]), models=["a", "b"]) as srv:
+        llm = llm_for(srv)
+        with pytest.raises(LLMError, match=r"serves 2 models \(a, b\).*--model"):
+            await collect(llm)
+        await llm.aclose()
+
+
+async def test_reasoning_content_becomes_a_think_block():
+    with SSEServer(Script(reasoning=["Let me ", "think."], content=["Answer", "."])) as srv:
+        llm = llm_for(srv, model="m")
+        assert await collect(llm) == "<think>Let me think.</think>Answer."
+        await llm.aclose()
+
+
+async def test_images_are_sent_as_image_parts_unless_the_model_is_text_only():
+    img = ImageData.from_bytes(make_png())
+    with SSEServer(Script(content=["ok"])) as srv:
+        llm = llm_for(srv, model="m")
+        assert llm.supports_images
+        await collect(llm, images=[img, img])
+        user = srv.requests[0]["messages"][-1]["content"]
+        assert user[0] == {"type": "text", "text": "Write."}
+        assert [p["type"] for p in user[1:]] == ["image_url", "image_url"]
+        assert user[1]["image_url"]["url"].startswith("data:image/png;base64,iVBOR")
+        await llm.aclose()
+
+        blind = llm_for(srv, model="m", vision=False)
+        assert not blind.supports_images
+        await collect(blind, images=[img])
+        assert srv.requests[1]["messages"][-1]["content"] == "Write."
+        await blind.aclose()
+
+
+async def test_unreachable_server_names_the_url_and_how_to_start_one():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    llm = create_llm(LLMSettings(base_url=f"http://127.0.0.1:{port}/v1", model="m"))
+    with pytest.raises(LLMUnreachable) as info:
+        await collect(llm)
+    msg = str(info.value)
+    assert f"http://127.0.0.1:{port}/v1" in msg
+    assert "vllm serve" in msg and "ollama serve" in msg and "LLMI_BASE_URL" in msg
+    # also when listing models to pick one
+    llm2 = create_llm(LLMSettings(base_url=f"http://127.0.0.1:{port}/v1"))
+    with pytest.raises(LLMUnreachable):
+        await llm2.prepare()
+
+
+async def test_401_names_the_key_variable_and_never_shows_the_key():
+    with SSEServer(Script(content=["ok"]), api_key="right-key") as srv:
+        llm = llm_for(srv, model="m", api_key="sk-wrong-secret-123")
+        with pytest.raises(LLMError) as info:
+            await collect(llm)
+        assert "401" in str(info.value) and "LLMI_API_KEY" in str(info.value)
+        assert "sk-wrong-secret-123" not in str(info.value)
+        assert len(srv.requests) == 0  # refused before the body was read into requests
+        ok = llm_for(srv, model="m", api_key="right-key")
+        assert await collect(ok) == "ok"
+        await llm.aclose()
+        await ok.aclose()
+
+
+async def test_429_is_retried_honoring_retry_after(monkeypatch):
+    monkeypatch.setattr(openai_compat, "BACKOFF_S", 0.01)
+    script = lambda n, body: Script(status=429, retry_after="0.2") if n < 2 else Script(content=["fine"])  # noqa: E731
+    with SSEServer(script) as srv:
+        llm = llm_for(srv, model="m")
+        assert await collect(llm) == "fine"
+        assert len(srv.requests) == 3
+        gaps = [b - a for a, b in zip(srv.request_times, srv.request_times[1:])]
+        assert all(g >= 0.18 for g in gaps), gaps  # waited as told
+        await llm.aclose()
+
+
+async def test_429_gives_up_after_a_few_retries(monkeypatch):
+    monkeypatch.setattr(openai_compat, "BACKOFF_S", 0.01)
+    with SSEServer(Script(status=429)) as srv:
+        llm = llm_for(srv, model="m")
+        with pytest.raises(LLMError, match="rate-limiting"):
+            await collect(llm)
+        assert len(srv.requests) == 1 + openai_compat.RETRIES
+        await llm.aclose()
+
+
+async def test_500_is_retried_and_400_is_not(monkeypatch):
+    monkeypatch.setattr(openai_compat, "BACKOFF_S", 0.01)
+    script = lambda n, body: Script(status=500) if n == 0 else Script(content=["ok"])  # noqa: E731
+    with SSEServer(script) as srv:
+        llm = llm_for(srv, model="m")
+        assert await collect(llm) == "ok"
+        await llm.aclose()
+    with SSEServer(Script(status=400)) as srv:
+        llm = llm_for(srv, model="m")
+        with pytest.raises(LLMError, match="400"):
+            await collect(llm)
+        assert len(srv.requests) == 1
+        await llm.aclose()
+
+
+@pytest.mark.parametrize("fail", ["error", "error-old", "drop"])
+async def test_failure_mid_stream_raises_after_the_text_already_given(fail):
+    with SSEServer(Script(content=["one ", "two ", "three"], fail_after=2, fail=fail)) as srv:
+        llm = llm_for(srv, model="m")
+        got = []
+        with pytest.raises(LLMError) as info:
+            async for d in llm.stream(MSGS):
+                got.append(d)
+        assert got == ["one ", "two "]
+        if fail != "drop":
+            assert "CUDA out of memory" in str(info.value)
+        else:
+            assert "dropped" in str(info.value)
+        assert len(srv.requests) == 1  # never retried once text was streamed
+        await llm.aclose()
+
+
+async def test_stream_without_finish_reason_is_reported_as_cut():
+    with SSEServer(Script(content=["half"], finish_reason=None, done=False)) as srv:
+        llm = llm_for(srv, model="m")
+        with pytest.raises(LLMError, match="ended before the model finished"):
+            await collect(llm)
+        await llm.aclose()
+
+
+async def test_first_chunk_without_role_and_no_done_marker_still_work():
+    with SSEServer(Script(content=["a", "b"], role_chunk=False, done=False)) as srv:
+        llm = llm_for(srv, model="m")
+        assert await collect(llm) == "ab"
+        await llm.aclose()
+
+
+async def test_timeout_is_an_llm_error(monkeypatch):
+    monkeypatch.setattr(openai_compat, "RETRIES", 0)
+    with SSEServer(Script(content=["late"])) as srv:
+        orig = srv._handle
+
+        def slow(h):  # the server takes longer to answer than the client waits
+            time.sleep(1.0)
+            orig(h)
+
+        srv._handle = slow
+        llm = llm_for(srv, model="m", timeout_s=0.3)
+        t0 = time.perf_counter()
+        with pytest.raises(LLMError, match="did not answer within 0.3 s"):
+            await collect(llm)
+        assert time.perf_counter() - t0 < 0.9
+        await llm.aclose()
