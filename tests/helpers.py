@@ -46,6 +46,7 @@ def loopback_server(handle: Callable[[Request, BaseHTTPRequestHandler], None]) -
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # otherwise every small response waits ~40 ms for an ACK
 
         def log_message(self, *args):  # keep test output quiet
             pass

@@ -1,0 +1,234 @@
+"""``llmi reward IN.jsonl -o OUT.jsonl``: the LLM-I hybrid reward for a file of rollouts.
+
+Each input row is ``{"prompt", "response", "image_num", "tools", "split"?, "images"?, "document"?}``;
+each output row is the input row plus ``"reward"`` (see :meth:`llmi.reward.RewardResult.to_dict`) and
+``"_line"``, the row's 0-based line number in IN.
+
+Rows are written as they finish and flushed one by one, so a crash or Ctrl-C loses nothing that was
+written; running the same command again skips the rows already in OUT (``--retry-errors`` also redoes
+rows whose judge or tool execution failed). Once every row is done, OUT is rewritten in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+
+from . import app
+from .common import console, errors_as_exit, fail, load, setup_logging
+
+#: Errors that a rerun may fix (as opposed to unusable input).
+RETRYABLE_ERRORS = ("llm_judge", "mllm_judge", "execute")
+
+
+def read_done(out: Path, *, retry_errors: bool) -> set[int]:
+    """Line numbers already scored in OUT. A torn last line (a crash mid-write) is cut off."""
+    done: set[int] = set()
+    if not out.exists():
+        return done
+    good_end = 0
+    with open(out, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                break
+            good_end += len(raw)
+            if not isinstance(row, dict) or not isinstance(row.get("_line"), int):
+                continue
+            errors = (row.get("reward") or {}).get("errors") or {}
+            if retry_errors and any(k in errors for k in RETRYABLE_ERRORS):
+                continue
+            done.add(row["_line"])
+    if good_end != out.stat().st_size:
+        with open(out, "r+b") as f:
+            f.truncate(good_end)
+    return done
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line_number, row, error)`` for every non-blank line of IN."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line), None
+            except ValueError as exc:
+                yield n, None, f"line {n + 1} is not JSON: {exc}"
+
+
+def consolidate(out: Path) -> None:
+    """Rewrite OUT in input order, keeping the last result of each line (atomically)."""
+    rows: dict[int, str] = {}
+    extra: list[str] = []
+    with open(out, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("_line"), int):
+                rows[row["_line"]] = line if line.endswith("\n") else line + "\n"
+            else:
+                extra.append(line)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for n in sorted(rows):
+                f.write(rows[n])
+            f.writelines(extra)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+async def run_reward(
+    in_path: Path,
+    out_path: Path,
+    settings: Any,
+    config: Any,
+    *,
+    judges: bool,
+    retry_errors: bool = False,
+    progress: bool = True,
+    execute: Any = None,
+    judge_backoff_s: float = 1.0,
+) -> dict[str, Any]:
+    """Score IN into OUT (resuming); returns the scorer's stats as a dict."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..scoring import RewardScorer, Sample, sample_from_row
+
+    done = read_done(out_path, retry_errors=retry_errors)
+    total = sum(1 for n, _, _ in iter_rows(in_path))
+    todo = total - len(done)
+    base_dir = in_path.parent
+    pending: dict[int, tuple[int, Any]] = {}
+
+    def samples() -> Iterator[Sample]:
+        i = 0
+        for n, row, error in iter_rows(in_path):
+            if n in done:
+                continue
+            pending[i] = (n, row)
+            i += 1
+            yield Sample.invalid(error) if error else sample_from_row(row, base_dir)
+
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with open(out_path, "a", encoding="utf-8") as out, Progress(
+        *columns, console=console, disable=not progress, transient=False
+    ) as bar:
+        task = bar.add_task("scoring", total=todo)
+        async with RewardScorer(
+            settings, config=config, judges=judges, execute=execute, judge_backoff_s=judge_backoff_s
+        ) as scorer:
+            async for i, result in scorer.score_many(samples()):
+                n, row = pending.pop(i)
+                out_row = dict(row) if isinstance(row, dict) else {"input": row}
+                out_row["reward"] = result.to_dict()
+                out_row["_line"] = n
+                out.write(json.dumps(out_row, ensure_ascii=False) + "\n")
+                out.flush()
+                bar.advance(task)
+            stats = scorer.stats.as_dict()
+    if len(read_done(out_path, retry_errors=False)) >= total:
+        consolidate(out_path)
+    stats["rows"] = total
+    stats["skipped_already_done"] = len(done)
+    return stats
+
+
+@app.command("reward")
+def reward_cmd(
+    input: Path = typer.Argument(..., help="rollouts, one JSON object per line", exists=True, dir_okay=False),
+    output: Path = typer.Option(..., "-o", "--output", help="OUT.jsonl (appended to; rows already there are skipped)"),
+    llm_judge_url: Optional[str] = typer.Option(None, "--llm-judge-url", help="OpenAI-compatible base URL of the text judge"),
+    llm_judge_model: Optional[str] = typer.Option(None, "--llm-judge-model", help="default: the only model served"),
+    mllm_judge_url: Optional[str] = typer.Option(None, "--mllm-judge-url", help="OpenAI-compatible base URL of the image judge"),
+    mllm_judge_model: Optional[str] = typer.Option(None, "--mllm-judge-model", help="default: the only model served"),
+    no_judges: bool = typer.Option(False, "--no-judges", help="compute the rule parts only (score stays null)"),
+    on_judge_error: str = typer.Option("drop", "--on-judge-error", help="'drop' (score null) or 'fallback'"),
+    fallback_score: float = typer.Option(3.0, "--fallback-score", help="judge score used by --on-judge-error fallback"),
+    tool_weight: float = typer.Option(0.0, "--tool-weight", help="weight of r_tool in the score (paper: 0, logged only)"),
+    judge_concurrency: Optional[int] = typer.Option(None, "--judge-concurrency", help="requests in flight per judge"),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="also redo rows of OUT whose judge or tools failed"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config file (TOML)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Score rollouts with the LLM-I hybrid reward: image-count rule, tool score, LLM and MLLM judges.
+
+    Judges are any OpenAI-compatible chat endpoints: set them with the flags or in the llm_judge and
+    mllm_judge tables of the config (keys via api_key or api_key_env there, never on the command line).
+    Tags are executed with the configured tools, sharing the generation cache. Interrupted runs resume
+    where they stopped.
+    """
+    setup_logging(verbose)
+    from ..reward import RewardConfig
+
+    with errors_as_exit():
+        if on_judge_error not in ("drop", "fallback"):
+            fail("--on-judge-error must be 'drop' or 'fallback'")
+        if output.resolve() == input.resolve():
+            fail("the output file must differ from the input file")
+        if not output.parent.exists():
+            fail(f"the folder of {output} does not exist")
+        overrides: dict[str, Any] = {}
+        for section, url, model in (
+            ("llm_judge", llm_judge_url, llm_judge_model),
+            ("mllm_judge", mllm_judge_url, mllm_judge_model),
+        ):
+            sec: dict[str, Any] = {}
+            if url:
+                sec["base_url"] = url
+            if model:
+                sec["model"] = model
+            if judge_concurrency is not None:
+                sec["concurrency"] = judge_concurrency
+            if sec:
+                overrides[section] = sec
+        settings = load(config, overrides)
+        try:
+            cfg = RewardConfig(on_judge_error=on_judge_error, fallback_score=fallback_score, w_tool=tool_weight)  # type: ignore[arg-type]
+        except ValueError as exc:
+            fail(str(exc))
+        try:
+            stats = asyncio.run(
+                run_reward(input, output, settings, cfg, judges=not no_judges, retry_errors=retry_errors, progress=not no_progress)
+            )
+        except KeyboardInterrupt:
+            fail(f"interrupted; the rows in {output} are kept: run the same command again to resume", 130)
+        _summary(stats, output)
+
+
+def _summary(stats: dict[str, Any], output: Path) -> None:
+    mean = stats.get("mean_score")
+    parts = [f"{stats['samples']} row(s) scored into {output}"]
+    if stats.get("skipped_already_done"):
+        parts.append(f"{stats['skipped_already_done']} already done")
+    if stats["samples"]:
+        parts.append(f"{stats['scored']} with a score" + (f" (mean {mean:.3f})" if mean is not None else ""))
+    if stats["dropped"]:
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(stats["errors"].items()))
+        parts.append(f"[yellow]{stats['dropped']} dropped[/] ({errs})")
+    if stats["fallbacks"]:
+        parts.append("fallback used: " + ", ".join(f"{k} {v}" for k, v in stats["fallbacks"].items()))
+    console.print("; ".join(parts), highlight=False)
+    for name, js in (stats.get("judges") or {}).items():
+        if js["retries"] or js["failed"]:
+            console.print(
+                f"{name}: {js['requests']} request(s), {js['retries']} retried, {js['failed']} failed "
+                f"{js['failures'] or ''}",
+                highlight=False,
+            )

@@ -1,0 +1,632 @@
+"""Scoring rollouts: run each response's tags, ask the judges, combine with :mod:`llmi.reward`.
+
+:class:`RewardScorer` is the orchestrator. For every sample it parses the response (pure), starts the
+LLM judge at once (it reads the raw response, so it overlaps tool execution), executes the tags through
+the engine (or an injected ``execute`` callable), then asks the MLLM judge about the finished document.
+Concurrency is bounded per judge endpoint (each :class:`~llmi.judges.JudgeClient` has its semaphore),
+per tool by the engine, and overall by ``max_in_flight`` so a long input does not hold every document
+in memory at once.
+
+A judge that still fails after its retries is an *error*, not a score: the sample's ``errors`` say so
+and :attr:`~llmi.reward.RewardConfig.on_judge_error` decides between dropping the sample (score
+``None``) and a declared fallback score; both are counted in :class:`ScoringStats`.
+
+:func:`reward_function` adapts all this to TRL's reward-function contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+
+from .config import Settings
+from .document import Document, ImageBlock, TextBlock
+from .errors import ConfigError, InputError, ToolError
+from .images import ImageData
+from .judges import JudgeClient, JudgeFailure, JudgeStats, LLMJudge, MLLMJudge
+from .protocol import ToolCall, parse_response, strip_think
+from .reward import (
+    RewardConfig,
+    RewardResult,
+    assemble,
+    check_image_num,
+    format_violations,
+    image_count_score,
+    is_eval_split,
+    mllm_rule,
+    tool_score,
+)
+
+log = logging.getLogger(__name__)
+
+#: ``async execute(response, input_images) -> Document``: runs a response's tags.
+Executor = Callable[[str, list[ImageData]], Awaitable[Document]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples
+# ------------------------------------------------------------------------------------------------
+
+
+def question_text(prompt: Any) -> str:
+    """The question a judge sees: a plain prompt, or the text of the last user turn of a chat prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        for message in reversed(prompt):
+            if isinstance(message, dict) and message.get("role", "user") == "user":
+                return _message_text(message.get("content"))
+        return "\n".join(_message_text(m.get("content")) for m in prompt if isinstance(m, dict))
+    if isinstance(prompt, dict):
+        return _message_text(prompt.get("content"))
+    return "" if prompt is None else str(prompt)
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "" if content is None else str(content)
+
+
+def completion_text(completion: Any) -> str:
+    """A TRL completion (a string, or a list of assistant messages) as the response text."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        return "".join(_message_text(m.get("content")) for m in completion if isinstance(m, dict))
+    if isinstance(completion, dict):
+        return _message_text(completion.get("content"))
+    return str(completion)
+
+
+@dataclass
+class Sample:
+    """One rollout to score.
+
+    ``image_num``: -1 no image, 0 any, 99 at least one, N exactly N. ``tools``: the tools the task
+    needs (for ``r_tool``). ``split``: ``train`` (graded image-count rule) or ``test`` (binary).
+    ``input_images``: the user's images (they come first in ``edit`` indices). ``document``: an already
+    executed document, to skip running the tags. ``input_error``: why the row could not be used, if so.
+    """
+
+    prompt: Any
+    response: str
+    image_num: int = 0
+    tools: Sequence[str] = ()
+    split: str = "train"
+    input_images: list[ImageData] = field(default_factory=list)
+    document: Document | None = None
+    input_error: str | None = None
+
+    @property
+    def question(self) -> str:
+        return question_text(self.prompt)
+
+    @classmethod
+    def invalid(cls, reason: str) -> "Sample":
+        return cls(prompt="", response="", input_error=reason)
+
+
+def load_image(ref: Any, base_dir: str | os.PathLike | None = None) -> ImageData:
+    """An input image from a path (relative to ``base_dir``), a ``data:`` URI, bytes, a PIL image or
+    an :class:`ImageData`. Raises :class:`InputError` with the reason."""
+    if isinstance(ref, ImageData):
+        return ref
+    try:
+        if isinstance(ref, (bytes, bytearray)):
+            return ImageData.from_bytes(bytes(ref))
+        if isinstance(ref, str):
+            if ref.startswith("data:"):
+                header, _, payload = ref.partition(",")
+                if ";base64" not in header:
+                    raise InputError("a data URI image must be base64-encoded")
+                try:
+                    data = base64.b64decode(payload, validate=True)
+                except ValueError as exc:
+                    raise InputError(f"bad base64 in data URI: {exc}") from exc
+                return ImageData.from_bytes(data)
+            path = ref if base_dir is None or os.path.isabs(ref) else os.path.join(base_dir, ref)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise InputError(f"cannot read image {ref!r}: {exc.strerror or exc}") from exc
+            return ImageData.from_bytes(data)
+        if hasattr(ref, "save") and hasattr(ref, "width"):  # a PIL image (TRL vision datasets)
+            return ImageData.from_pil(ref)
+    except ToolError as exc:
+        raise InputError(f"input image {str(ref)[:60]!r} is unusable: {exc}") from exc
+    raise InputError(f"an input image must be a path, a data URI or image bytes, not {type(ref).__name__}")
+
+
+def sample_from_row(row: Any, base_dir: str | os.PathLike | None = None) -> Sample:
+    """A :class:`Sample` from one ``llmi reward`` input row; an unusable row gives ``Sample.invalid``.
+
+    Row keys: ``prompt``, ``response``, ``image_num``, ``tools``, optional ``split`` and ``images``
+    (paths relative to ``base_dir`` or data URIs), and optional ``document`` (an executed document in
+    the JSON contract of :class:`~llmi.document.Document`, to skip running the tags).
+    """
+    if not isinstance(row, dict):
+        return Sample.invalid(f"a row must be a JSON object, got {type(row).__name__}")
+    for key in ("prompt", "response"):
+        if key not in row:
+            return Sample.invalid(f"missing key {key!r}")
+    if not isinstance(row["response"], str):
+        return Sample.invalid(f"response must be a string, got {type(row['response']).__name__}")
+    tools = row.get("tools") or []
+    if isinstance(tools, str) or not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        return Sample.invalid(f"tools must be a list of tool names, got {tools!r}")
+    if "image_num" not in row:
+        return Sample.invalid("missing key 'image_num'")
+    refs = row.get("images") or []
+    if not isinstance(refs, list):
+        return Sample.invalid("images must be a list of paths or data URIs")
+    try:
+        images = [load_image(ref, base_dir) for ref in refs]
+    except InputError as exc:
+        return Sample.invalid(str(exc))
+    document = None
+    if row.get("document") is not None:
+        try:
+            document = Document.from_dict(row["document"], base_dir=str(base_dir) if base_dir else None)
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            return Sample.invalid(f"document is not a valid llmi document: {type(exc).__name__}: {exc}")
+    split = row.get("split") or "train"
+    return Sample(
+        prompt=row["prompt"],
+        response=row["response"],
+        image_num=row["image_num"],
+        tools=tools,
+        split=split if isinstance(split, str) else str(split),
+        input_images=images,
+        document=document,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Stats
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoringStats:
+    """Counts over every sample scored by one :class:`RewardScorer`."""
+
+    samples: int = 0
+    scored: int = 0
+    dropped: int = 0  # score None because something failed
+    unscored: int = 0  # score None because judges are off
+    errors: Counter = field(default_factory=Counter)  # per component
+    fallbacks: Counter = field(default_factory=Counter)  # per judge
+    score_sum: float = 0.0
+    judges: dict[str, JudgeStats] = field(default_factory=dict)
+
+    def add(self, result: RewardResult) -> None:
+        self.samples += 1
+        if result.score is not None:
+            self.scored += 1
+            self.score_sum += result.score
+        elif result.errors:
+            self.dropped += 1
+        else:
+            self.unscored += 1
+        self.errors.update(result.errors.keys())
+        self.fallbacks.update(result.fallback)
+
+    @property
+    def mean_score(self) -> float | None:
+        return self.score_sum / self.scored if self.scored else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "scored": self.scored,
+            "dropped": self.dropped,
+            "unscored": self.unscored,
+            "mean_score": None if self.mean_score is None else round(self.mean_score, 6),
+            "errors": dict(self.errors),
+            "fallbacks": dict(self.fallbacks),
+            "judges": {k: v.as_dict() for k, v in self.judges.items()},
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# The scorer
+# ------------------------------------------------------------------------------------------------
+
+
+def _produced(document: Document) -> list[ImageBlock]:
+    return [b for b in document.images if b.tool != "input"]
+
+
+def _succeeded_sources(parsed: Any, document: Document) -> set[str]:
+    """Sources of the valid tags whose slot holds an image.
+
+    Slots are matched by position, so a tag whose image came from a fallback backend still counts for
+    the tool it asked for. If the document does not have one slot per tag (it came from elsewhere), the
+    image blocks' own tool names are used instead.
+    """
+    slots = [b for b in document.slots if getattr(b, "tool", None) != "input"]
+    tags = parsed.slots
+    if len(slots) == len(tags):
+        return {t.source for t, b in zip(tags, slots) if isinstance(t, ToolCall) and isinstance(b, ImageBlock)}
+    log.debug("document has %d slots for %d tags; using block tool names", len(slots), len(tags))
+    return {b.tool for b in _produced(document)}
+
+
+class RewardScorer:
+    """Scores samples with the hybrid reward. An async context manager that owns its clients.
+
+    ``settings``: judge endpoints (``llm_judge`` / ``mllm_judge``) and what the engine needs.
+    ``judges=False`` computes the rule parts only (score ``None``). ``execute`` replaces the engine
+    (tests, benchmarks, or a caller with its own); ``cache`` is handed to the engine so tool results are
+    shared with generation. ``llm_judge`` / ``mllm_judge`` may be injected ready-made.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: RewardConfig | None = None,
+        judges: bool = True,
+        execute: Executor | None = None,
+        cache: Any = None,
+        llm_judge: LLMJudge | None = None,
+        mllm_judge: MLLMJudge | None = None,
+        max_in_flight: int | None = None,
+        judge_backoff_s: float = 1.0,
+        judge_max_backoff_s: float = 30.0,
+    ):
+        self.settings = settings or Settings()
+        self.config = config or RewardConfig()
+        self.judges = judges
+        self.stats = ScoringStats()
+        self._execute = execute
+        self._cache = cache
+        self._llm = llm_judge
+        self._mllm = mllm_judge
+        self._backoff = (judge_backoff_s, judge_max_backoff_s)
+        if max_in_flight is None:
+            caps = self.settings.llm_judge.concurrency + self.settings.mllm_judge.concurrency
+            max_in_flight = max(16, 4 * caps)
+        self.max_in_flight = max_in_flight
+        self._stack = contextlib.AsyncExitStack()
+        self._engine_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> "RewardScorer":
+        try:
+            self._open_judges()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    def _open_judges(self) -> None:
+        if self.judges:
+            if self._llm is None:
+                client = JudgeClient(self.settings.llm_judge, name="llm_judge", backoff_s=self._backoff[0], max_backoff_s=self._backoff[1])
+                self._stack.push_async_callback(client.aclose)
+                self._llm = LLMJudge(client)
+            if self._mllm is None:
+                client = JudgeClient(self.settings.mllm_judge, name="mllm_judge", backoff_s=self._backoff[0], max_backoff_s=self._backoff[1])
+                self._stack.push_async_callback(client.aclose)
+                self._mllm = MLLMJudge(client)
+            self.stats.judges = {"llm_judge": self._llm.client.stats, "mllm_judge": self._mllm.client.stats}
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    # -- execution --------------------------------------------------------------------------------
+    async def _executor(self) -> Executor:
+        if self._execute is not None:
+            return self._execute
+        async with self._engine_lock:
+            if self._execute is None:
+                try:
+                    from .engine import Engine
+                except ImportError as exc:
+                    raise ConfigError(f"running the tags needs llmi.engine, which cannot be imported: {exc}") from exc
+                engine = await self._stack.enter_async_context(Engine(self.settings, cache=self._cache))
+
+                async def run(response: str, images: list[ImageData]) -> Document:
+                    return await engine.run_response(response, input_images=images)
+
+                self._execute = run
+        return self._execute
+
+    async def _document(self, sample: Sample, parsed: Any) -> Document:
+        if sample.document is not None:
+            return sample.document
+        if not parsed.slots:  # nothing to run: no need for the engine at all
+            return Document(blocks=[TextBlock(parsed.text)] if parsed.text else [], violations=parsed.violations)
+        execute = await self._executor()
+        return await execute(sample.response, list(sample.input_images))
+
+    async def _ask_llm(self, question: str, response: str) -> tuple[tuple[float, float] | None, str | None]:
+        assert self._llm is not None
+        try:
+            return await self._llm.score(question, response), None
+        except JudgeFailure as exc:
+            return None, exc.reason
+
+    async def _ask_mllm(self, question: str, doc: Document, images: list[ImageData]):
+        assert self._mllm is not None
+        try:
+            return await self._mllm.score(question, doc, images), None
+        except JudgeFailure as exc:
+            return None, exc.reason
+
+    # -- scoring ----------------------------------------------------------------------------------
+    async def score(self, sample: Sample) -> RewardResult:
+        """Score one sample. Never raises for a bad sample or a failing judge/tool — those are recorded
+        in the result; raises :class:`~llmi.errors.ConfigError` when the setup itself is unusable."""
+        result = await self._score(sample)
+        self.stats.add(result)
+        return result
+
+    async def _score(self, sample: Sample) -> RewardResult:
+        cfg = self.config
+        result = RewardResult()
+        if sample.input_error is not None:
+            result.errors["input"] = sample.input_error
+            return result
+        try:
+            eval_split = is_eval_split(sample.split)
+            image_num = check_image_num(sample.image_num)
+            unknown = [t for t in sample.tools if t not in cfg.tool_weights]
+            if unknown:
+                raise ValueError(f"unknown tool(s) {unknown}; known: {', '.join(cfg.tool_weights)}")
+            if not isinstance(sample.response, str):
+                raise ValueError("response must be a string")
+        except ValueError as exc:
+            result.errors["input"] = str(exc)
+            return result
+
+        parsed = parse_response(sample.response, len(sample.input_images))
+        result.violations = format_violations(parsed)
+        result.n_tags = len(parsed.slots)
+        result.n_valid_tags = len(parsed.calls)
+        question = sample.question
+
+        llm_task = None
+        if self.judges:  # the LLM judge needs only the raw response: overlap it with tool execution
+            llm_task = asyncio.ensure_future(self._ask_llm(question, strip_think(sample.response)))
+        try:
+            try:
+                document = await self._document(sample, parsed)
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an infrastructure failure of this sample
+                log.warning("executing a sample failed: %s: %s", type(exc).__name__, exc)
+                result.errors["execute"] = f"{type(exc).__name__}: {exc}"
+                return result
+
+            produced = _produced(document)
+            result.n_images = len(produced)
+            result.s_num = image_count_score(image_num, len(produced), eval=eval_split, over_penalty=cfg.over_penalty)
+            ts = tool_score(
+                sample.tools,
+                {c.source for c in parsed.calls},
+                _succeeded_sources(parsed, document),
+                weights=cfg.tool_weights,
+                beta=cfg.tool_beta,
+            )
+            result.r_tool, result.r_attempt, result.r_success = ts.r_tool, ts.r_attempt, ts.r_success
+            if llm_task is None:
+                return result
+
+            source, fixed = mllm_rule(len(produced), cfg)
+            mllm_scores, mllm_error = fixed, None
+            if source == "judge":
+                mllm_scores, mllm_error = await self._ask_mllm(question, document, list(sample.input_images))
+            llm_scores, llm_error = await llm_task
+            llm_task = None
+            return assemble(
+                result,
+                llm=llm_scores,
+                llm_error=llm_error,
+                mllm=mllm_scores,
+                mllm_error=mllm_error,
+                mllm_source=source,
+                empty_text=not parsed.text.strip(),
+                cfg=cfg,
+            )
+        finally:
+            if llm_task is not None and not llm_task.done():
+                llm_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await llm_task
+
+    async def score_many(self, samples: Iterable[Sample]) -> AsyncIterator[tuple[int, RewardResult]]:
+        """Yield ``(index, result)`` as samples finish, with at most ``max_in_flight`` in progress.
+
+        ``samples`` is consumed lazily, so a generator reading a large file keeps memory bounded.
+        """
+        source = iter(enumerate(samples))
+        pending: set[asyncio.Future] = set()
+
+        async def one(i: int, s: Sample) -> tuple[int, RewardResult]:
+            return i, await self.score(s)
+
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < self.max_in_flight:
+                    try:
+                        i, s = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.add(asyncio.ensure_future(one(i, s)))
+                if not pending:
+                    return
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def score_batch(self, samples: Sequence[Sample]) -> list[RewardResult]:
+        """Score every sample; results in input order."""
+        out: list[RewardResult | None] = [None] * len(samples)
+        async for i, result in self.score_many(samples):
+            out[i] = result
+        return out  # type: ignore[return-value]
+
+
+async def score_batch(
+    samples: Sequence[Sample],
+    settings: Settings | None = None,
+    *,
+    config: RewardConfig | None = None,
+    judges: bool = True,
+    execute: Executor | None = None,
+    cache: Any = None,
+) -> list[RewardResult]:
+    """Score ``samples`` with a scorer that lives for this call only (see :class:`RewardScorer`)."""
+    async with RewardScorer(settings, config=config, judges=judges, execute=execute, cache=cache) as scorer:
+        return await scorer.score_batch(samples)
+
+
+# ------------------------------------------------------------------------------------------------
+# TRL adapter
+# ------------------------------------------------------------------------------------------------
+
+
+def impute_group_mean(rewards: Sequence[float | None], groups: Sequence[Any]) -> list[float | None]:
+    """Replace each ``None`` by the mean of the scored rewards of its group (same prompt).
+
+    Why: TRL turns ``None`` into NaN and then *nan-sums* over reward functions, so a rollout for which
+    every function returned ``None`` gets reward 0 — the very poisoning a dropped sample should avoid.
+    With the group mean its advantage is 0 and it teaches nothing, which is what dropping means. A
+    group with no scored rollout keeps ``None``.
+
+    >>> impute_group_mean([0.5, None, 1.0, None], ["a", "a", "a", "b"])
+    [0.5, 0.75, 1.0, None]
+    """
+    sums: dict[Any, list[float]] = {}
+    for r, g in zip(rewards, groups):
+        if r is not None:
+            sums.setdefault(g, []).append(r)
+    return [r if r is not None else (sum(sums[g]) / len(sums[g]) if g in sums else None) for r, g in zip(rewards, groups)]
+
+
+def _column(values: Any, i: int, default: Any) -> Any:
+    if values is None:
+        return default
+    v = values[i]
+    return default if v is None else v
+
+
+def reward_function(
+    settings: Settings | None = None,
+    *,
+    config: RewardConfig | None = None,
+    impute: str = "none",
+    execute: Executor | None = None,
+    cache: Any = None,
+    scorer_kwargs: dict[str, Any] | None = None,
+) -> Callable[..., Awaitable[list[float | None]]]:
+    """A TRL reward function (async) computing the hybrid reward.
+
+    Use with ``GRPOTrainer(reward_funcs=[reward_function(load_settings())], ...)``. The dataset needs
+    the columns ``image_num`` and ``tools``, optionally ``split`` and ``images`` (input images: PIL
+    images, paths or data URIs)::
+
+        fn = reward_function(settings)
+        await fn(prompts=["Explain tides."], completions=["Tides ... <imgen>{...}</imgen>"],
+                 image_num=[1], tools=[["diffusion"]])          # -> [0.73]
+
+    A dropped sample returns ``None``. TRL nan-sums reward functions, so a row where *every* function
+    returned ``None`` becomes 0; ``impute="group_mean"`` gives it the mean of its group instead
+    (advantage 0). Component scores go to ``log_metric`` (``llmi/...``) when TRL passes it.
+
+    The scorer (judge clients, engine) is created on the first call, on the event loop TRL runs async
+    reward functions on, and lives as long as that loop; ``await fn.aclose()`` releases it.
+    """
+    if impute not in ("none", "group_mean"):
+        raise ValueError("impute must be 'none' or 'group_mean'")
+    state: dict[str, Any] = {"scorer": None, "loop": None}
+
+    async def scorer() -> RewardScorer:
+        loop = asyncio.get_running_loop()
+        if state["scorer"] is None or state["loop"] is not loop:
+            s = RewardScorer(settings, config=config, execute=execute, cache=cache, **(scorer_kwargs or {}))
+            await s.__aenter__()
+            state["scorer"], state["loop"] = s, loop
+        return state["scorer"]
+
+    async def llmi_reward(
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        image_num: Sequence[int] | None = None,
+        tools: Sequence[Sequence[str]] | None = None,
+        split: Sequence[str] | None = None,
+        images: Sequence[Any] | None = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        **_: Any,
+    ) -> list[float | None]:
+        samples = []
+        for i, completion in enumerate(completions):
+            refs = _column(images, i, [])
+            if not isinstance(refs, (list, tuple)):
+                refs = [refs]
+            try:
+                imgs = [load_image(r) for r in refs]
+            except InputError as exc:
+                samples.append(Sample.invalid(str(exc)))
+                continue
+            samples.append(
+                Sample(
+                    prompt=prompts[i],
+                    response=completion_text(completion),
+                    image_num=_column(image_num, i, 0),
+                    tools=list(_column(tools, i, [])),
+                    split=_column(split, i, "train"),
+                    input_images=imgs,
+                )
+            )
+        s = await scorer()
+        results = await s.score_batch(samples)
+        rewards = [r.score for r in results]
+        if impute == "group_mean":
+            rewards = impute_group_mean(rewards, [json.dumps(p, sort_keys=True, default=str) for p in prompts])
+        if log_metric is not None:
+            _log_batch(results, log_metric)
+        return rewards
+
+    async def aclose() -> None:
+        if state["scorer"] is not None:
+            await state["scorer"].aclose()
+            state["scorer"] = None
+
+    llmi_reward.aclose = aclose  # type: ignore[attr-defined]
+    llmi_reward.stats = lambda: state["scorer"].stats if state["scorer"] else None  # type: ignore[attr-defined]
+    return llmi_reward
+
+
+def _log_batch(results: Sequence[RewardResult], log_metric: Callable[[str, float], None]) -> None:
+    n = len(results) or 1
+    log_metric("llmi/dropped_frac", sum(r.dropped for r in results) / n)
+    log_metric("llmi/llm_judge_error_frac", sum("llm_judge" in r.errors for r in results) / n)
+    log_metric("llmi/mllm_judge_error_frac", sum("mllm_judge" in r.errors for r in results) / n)
+    log_metric("llmi/violations_per_sample", sum(len(r.violations) for r in results) / n)
+    for key in ("s_num", "s_llm", "s_mllm", "r_tool"):
+        values = [getattr(r, key) for r in results if getattr(r, key) is not None]
+        if values:
+            log_metric(f"llmi/{key}", sum(values) / len(values))
