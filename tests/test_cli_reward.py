@@ -10,10 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import click
 import pytest
-import typer
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 import llmi.cli.reward  # noqa: F401 - registers the command
 from llmi.cli import app
@@ -37,10 +35,7 @@ def reply(body, n):
 
 
 def invoke(args: list[str]):
-    command = typer.main.get_command(app)
-    if isinstance(command, click.Group):
-        args = ["reward", *args]
-    return CliRunner().invoke(command, args, catch_exceptions=False)
+    return CliRunner().invoke(app, ["reward", *args], catch_exceptions=False)
 
 
 def row_with_document(i: int, ok: bool = True) -> dict:

@@ -14,7 +14,8 @@ app = typer.Typer(
 
 
 def main() -> None:
-    # Importing a subcommand module registers it on ``app``.
-    from . import doctor, generate, render, reward  # noqa: F401
-
     app()
+
+
+# Importing a subcommand module registers it on ``app`` (they import ``app`` from here, defined above).
+from . import doctor, generate, render, reward  # noqa: E402,F401
