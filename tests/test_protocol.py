@@ -196,7 +196,12 @@ def test_tilde_fence_and_fence_closing():
         ("Here's a chart showing the sales:\n", True),
         ("Below is an illustration of the process:", True),
         ("[Image]\n", True),
-        ("以下是图片：", False),  # we only detect English fillers; documented
+        ("以下是图片：", True),
+        ("下图展示了每月的销售额：", True),
+        ("Here is an image of the Eiffel Tower.", True),
+        ("Here's the chart", True),
+        ("For context, here is a long sentence that happens to mention an image of the tower and keeps going for a while.", False),
+        ("销售额在三月翻了一番。", False),
         ("Sales doubled in March, as the chart shows.\n", False),
         ("The history of the tower.\n\n", False),
         ("", False),

@@ -324,19 +324,34 @@ _FILLER = re.compile(
 )
 
 
+_FILLER_START = re.compile(
+    r"^\W*(?:here(?:'s| is| are)|below (?:is|are)|the following|see the|take a look at|check out)\b[^.\n]{0,60}\b"
+    + _IMAGE_WORDS + r"\b",
+    re.IGNORECASE,
+)
+_FILLER_ZH = re.compile(r"^\W*(?:(?:以下是|下面是|这是|请看)[^。\n]{0,30}(?:图片|图表|照片|插图|图像|图)|如下图|下图|见下图)")
+
+
 def is_filler(preceding_text: str) -> bool:
     """True when the text right before a tag is an introduction such as "Here is an image:".
 
-    Only the last non-empty line counts, and it must either end with a colon or be a bare
-    "[Image]"-style placeholder, so ordinary prose that mentions a chart is not flagged.
+    Only the last non-empty line counts. It is filler when it ends with a colon and announces an image
+    ("Below is a chart of sales:"), when it is a short line that starts by announcing one ("Here is an
+    image of the tower."), or when it is a bare "[Image]"-style placeholder — so ordinary prose that
+    mentions a chart is not flagged. English and Chinese phrasings are recognised.
     """
     lines = [ln for ln in preceding_text.splitlines() if ln.strip()]
     if not lines:
         return False
     last = lines[-1].strip()
-    if not _FILLER.search(last):
+    if re.fullmatch(r"\[?\s*" + _IMAGE_WORDS + r"\s*\]?\s*[:：]?", last, re.I):
+        return True
+    announces = _FILLER.search(last) or _FILLER_ZH.search(last)
+    if not announces:
         return False
-    return last.endswith((":", "：")) or re.fullmatch(r"\[?\s*" + _IMAGE_WORDS + r"\s*\]?\s*:?", last, re.I) is not None
+    if last.endswith((":", "：")):
+        return True
+    return len(last) <= 80 and (_FILLER_START.search(last) or _FILLER_ZH.search(last)) is not None
 
 
 # ------------------------------------------------------------------------------------------------
