@@ -18,7 +18,6 @@ from llmi.cli import app
 from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
 from llmi.images import ImageData
 from tests.helpers import make_png
-from tests.test_judges import judge_server
 
 REWARD_KEYS = {"score", "s_num", "s_llm", "s_mllm", "r_tool", "text", "image", "quality", "task_rel", "text_image_rel", "errors", "violations"}
 PNG = ImageData.from_bytes(make_png(6, 6))
@@ -77,7 +76,7 @@ def test_rules_only(tmp_path):
     assert "image_num" in out[4]["reward"]["errors"]["input"]
 
 
-def test_with_judges_over_http(tmp_path):
+def test_with_judges_over_http(tmp_path, judge_server):
     write_jsonl(tmp_path / "in.jsonl", [row_with_document(i) for i in range(4)])
     with judge_server(reply) as (url, server):
         result = invoke([
@@ -103,7 +102,7 @@ def test_missing_judge_url_is_a_clear_error(tmp_path, monkeypatch):
     assert "--llm-judge-url" in result.output
 
 
-def test_judge_outage_marks_rows_and_retry_errors_redoes_them(tmp_path, monkeypatch):
+def test_judge_outage_marks_rows_and_retry_errors_redoes_them(tmp_path, monkeypatch, judge_server):
     monkeypatch.setenv("LLMI_LLM_JUDGE__RETRIES", "1")  # settings from the environment reach the judges
     monkeypatch.setenv("LLMI_MLLM_JUDGE__RETRIES", "1")
     write_jsonl(tmp_path / "in.jsonl", [row_with_document(i) for i in range(3)])
@@ -123,7 +122,7 @@ def test_judge_outage_marks_rows_and_retry_errors_redoes_them(tmp_path, monkeypa
     assert len(out) == 3 and all(r["reward"]["score"] is not None for r in out)
 
 
-def test_resume_skips_done_rows_and_repairs_a_torn_line(tmp_path):
+def test_resume_skips_done_rows_and_repairs_a_torn_line(tmp_path, judge_server):
     rows = [row_with_document(i) for i in range(5)]
     write_jsonl(tmp_path / "in.jsonl", rows)
     done = dict(rows[1], reward={"score": 0.5, "errors": {}}, _line=1)
@@ -140,7 +139,7 @@ def test_resume_skips_done_rows_and_repairs_a_torn_line(tmp_path):
     assert out[1]["reward"]["score"] == 0.5  # kept as it was
 
 
-def test_ctrl_c_then_resume_loses_nothing(tmp_path):
+def test_ctrl_c_then_resume_loses_nothing(tmp_path, judge_server):
     """A real SIGINT to a real ``llmi reward`` process part-way, then the same command again."""
     n_rows = 12
     write_jsonl(tmp_path / "in.jsonl", [row_with_document(i) for i in range(n_rows)])

@@ -1,24 +1,21 @@
 """The HTTP ``diffusion`` backends against loopback servers that answer like the real services.
 
-Each fake service sends the bodies the real one sends (OpenAI/Ark ``{"data": [...]}`` and
-``{"error": {...}}``, the LLM-I recipe's ``{"status": "success", "images": [...]}`` and FastAPI's
-``{"detail": ...}``) — and its failures: 429 with ``Retry-After``, 500, slow answers, an HTML page
-instead of JSON, a truncated PNG, a URL to download.
+Each fake service (:mod:`tests.image_services`) sends the bodies the real one sends (OpenAI/Ark
+``{"data": [...]}`` and ``{"error": {...}}``, the LLM-I recipe's ``{"status": "success", "images": [...]}``
+and FastAPI's ``{"detail": ...}``) — and its failures: 429 with ``Retry-After``, 500, slow answers, an
+HTML page instead of JSON, a truncated PNG, a URL to download.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
-import socket
 import time
+from email.utils import formatdate
 
-import httpx
 import pytest
 
-from llmi.config import FetchSettings, Settings
+from llmi.config import FetchSettings
 from llmi.errors import ToolError, TransientToolError
 from llmi.fetch import SafeFetcher
 from llmi.images import ImageData
@@ -27,126 +24,20 @@ from llmi.tools.base import BackendContext, ToolRequest
 from llmi.tools.diffusion.ark import ArkSeedream
 from llmi.tools.diffusion.openai import OpenAIImages
 from llmi.tools.diffusion.qwen_server import QwenImageServer
+from llmi.tools.http import retry_after
 from llmi.tools.imagegen import ServerPool, decode_b64_image, redact
-from tests.helpers import loopback_server, make_png, send
-
-KEY = "sk-test-0123456789abcdefSECRET"
-ARK_KEY = "ark-5f0c0f7e-1111-2222-3333-secretsecret"
-
-
-# ------------------------------------------------------------------------------------------------
-# Fake services
-# ------------------------------------------------------------------------------------------------
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def openai_ok(png: bytes, **extra) -> tuple[int, bytes, dict]:
-    """A GPT image model's success body (b64_json, usage...)."""
-    item = {"b64_json": b64(png), **extra}
-    body = {"created": 1713833628, "background": "opaque", "data": [item], "output_format": "png",
-            "quality": "medium", "size": "1024x1024",
-            "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210}}
-    return 200, json.dumps(body).encode(), {}
-
-
-def openai_error(status: int, message: str, code: str | None, type_: str = "invalid_request_error",
-                 headers: dict | None = None) -> tuple[int, bytes, dict]:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return status, json.dumps(body).encode(), headers or {}
-
-
-class Service:
-    """A scripted HTTP service: answers the queued responses in order (the last one repeats) and
-    records every request. A response is ``(status, body, headers)``, or a callable returning one,
-    or ``("sleep", seconds, response)``; ``content_type`` may be overridden per response."""
-
-    def __init__(self, *responses):
-        self.responses = list(responses)
-        self.requests = []
-
-    def handle(self, req, handler):
-        self.requests.append(req)
-        resp = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
-        if callable(resp):
-            resp = resp(req)
-        if resp[0] == "sleep":
-            time.sleep(resp[1])
-            resp = resp[2]
-        status, body, headers = resp
-        headers = dict(headers)
-        ctype = headers.pop("content-type", "application/json")
-        send(handler, status, body, content_type=ctype, headers=headers)
-
-    def json(self, i: int = -1) -> dict:
-        return json.loads(self.requests[i].body)
-
-
-class _Switch:
-    """A loopback server's handler, swapped per test (servers are shared by the module: starting and
-    stopping one costs half a second of ``serve_forever`` polling)."""
-
-    def __init__(self):
-        self.handle = None
-
-    def __call__(self, req, handler):
-        self.handle(req, handler)
-
-
-@pytest.fixture(scope="module")
-def _servers():
-    switches = [_Switch() for _ in range(3)]
-    with contextlib.ExitStack() as stack:
-        yield [(sw, stack.enter_context(loopback_server(sw))) for sw in switches]
-
-
-@pytest.fixture
-def serve(_servers):
-    """``with serve(handle) as base_url:`` — a real loopback HTTP server answering with ``handle``."""
-    free = iter(_servers)
-
-    def use(handle):
-        switch, url = next(free)
-        switch.handle = handle
-        return contextlib.nullcontext(url)
-
-    return use
-
-
-@pytest.fixture
-async def ctx():
-    settings = Settings()
-    async with httpx.AsyncClient() as client:
-        fetcher = SafeFetcher(FetchSettings(allow=["127.0.0.1"]))
-        try:
-            yield BackendContext(settings=settings, http=client, fetcher=fetcher)
-        finally:
-            await fetcher.aclose()
+from tests.helpers import make_png, send
+from tests.image_services import (ARK_KEY, KEY, Service, ark_error, ark_ok, assert_no_secret, b64, dead_url,
+                                  openai_error, openai_ok, qwen_detail, qwen_ok)
 
 
 def request(prompt: str = "a red fox in the snow") -> ToolRequest:
     return ToolRequest(tool="diffusion", params={"prompt": prompt}, description="a fox")
 
 
-def dead_url() -> str:
-    """A loopback URL nobody listens on (connection refused)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
-
-
 def openai_backend(ctx, base: str, **opts) -> OpenAIImages:
     cls = registry.get("diffusion", "openai")
     return cls(cls.Options(base_url=base + "/v1", api_key=KEY, **opts), ctx)
-
-
-def assert_no_secret(exc: BaseException) -> None:
-    text = str(exc) + repr(exc.args)
-    assert KEY not in text and ARK_KEY not in text and "SECRET" not in text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,18 +276,6 @@ def test_cache_identity_names_model_and_size(ctx):
 # ------------------------------------------------------------------------------------------------
 
 
-def ark_ok(png: bytes, model: str = "doubao-seedream-4-0-250828") -> tuple[int, bytes, dict]:
-    body = {"model": model, "created": 1757321139,
-            "data": [{"b64_json": b64(png), "size": "1024x1024"}],
-            "usage": {"generated_images": 1, "output_tokens": 4096, "total_tokens": 4096}}
-    return 200, json.dumps(body).encode(), {}
-
-
-def ark_error(status: int, code: str, message: str, type_: str, headers: dict | None = None):
-    body = {"error": {"code": code, "message": message, "param": "", "type": type_}}
-    return status, json.dumps(body).encode(), headers or {}
-
-
 def ark_backend(ctx, base: str, **opts) -> ArkSeedream:
     cls = registry.get("diffusion", "ark")
     return cls(cls.Options(base_url=base + "/api/v3", api_key=ARK_KEY, **opts), ctx)
@@ -457,14 +336,6 @@ async def test_ark_missing_key_status(ctx, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # Qwen-Image servers (LLM-I recipe)
 # ------------------------------------------------------------------------------------------------
-
-
-def qwen_ok(png: bytes) -> tuple[int, bytes, dict]:
-    return 200, json.dumps({"status": "success", "images": [b64(png)]}).encode(), {}
-
-
-def qwen_detail(status: int, detail) -> tuple[int, bytes, dict]:
-    return status, json.dumps({"detail": detail}).encode(), {}
 
 
 def qwen_backend(ctx, servers, **opts) -> QwenImageServer:
@@ -606,3 +477,13 @@ def test_every_backend_is_registered():
     for name in ("openai", "ark", "qwen-server", "diffusers"):
         cls = registry.get("diffusion", name)
         assert cls.tool == "diffusion" and cls.name == name
+
+
+def test_retry_after_headers():
+    assert retry_after({"retry-after-ms": "250", "retry-after": "7"}) == 0.25  # the precise one wins
+    assert retry_after({"retry-after": "7"}) == 7.0
+    assert retry_after({"retry-after-ms": "soon", "retry-after": "2"}) == 2.0
+    assert 8.0 <= retry_after({"retry-after": formatdate(time.time() + 10, usegmt=True)}) <= 10.0
+    assert retry_after({"retry-after": "86400"}) == 300.0  # capped
+    assert retry_after({"retry-after": "tomorrow"}) is None
+    assert retry_after({}) is None and retry_after(None) is None

@@ -1,4 +1,5 @@
-"""The HTTP ``edit`` backends against loopback servers speaking each service's wire format."""
+"""The HTTP ``edit`` backends against loopback servers speaking each service's wire format
+(:mod:`tests.image_services`)."""
 
 from __future__ import annotations
 
@@ -14,23 +15,8 @@ from llmi.images import ImageData
 from llmi.tools import registry
 from llmi.tools.base import ToolRequest
 from tests.helpers import make_jpeg, make_png
-from tests.test_diffusion_backends import (  # noqa: F401  (fixtures)
-    ARK_KEY,
-    KEY,
-    Service,
-    _servers,
-    ark_error,
-    ark_ok,
-    assert_no_secret,
-    b64,
-    ctx,
-    dead_url,
-    openai_error,
-    openai_ok,
-    qwen_detail,
-    qwen_ok,
-    serve,
-)
+from tests.image_services import (ARK_KEY, KEY, Service, ark_error, ark_ok, assert_no_secret, b64, dead_url,
+                                  openai_error, openai_ok, qwen_detail, qwen_ok)
 
 
 def edit_request(image: ImageData | None, prompt: str = "make the sky purple") -> ToolRequest:

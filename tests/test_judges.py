@@ -3,11 +3,7 @@ and score parsing of messy judge replies."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import pytest
 
@@ -27,77 +23,11 @@ from llmi.judges import (
     parse_llm_scores,
     parse_mllm_scores,
 )
-from tests.helpers import loopback_server, make_jpeg, make_png, send
+from tests.helpers import loopback_server, make_jpeg, make_png
 
 # ------------------------------------------------------------------------------------------------
-# A fake OpenAI-compatible judge server (shared with test_scoring / test_cli_reward)
+# Clients for the ``judge_server`` fixture (tests/conftest.py)
 # ------------------------------------------------------------------------------------------------
-
-
-def completion_body(content: str | None, model: str = "judge-1") -> bytes:
-    return json.dumps(
-        {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
-        }
-    ).encode()
-
-
-class JudgeServer:
-    """Records every chat request; ``reply(body, n)`` decides the answer for the n-th request (0-based).
-
-    ``reply`` returns a string (the assistant content), or a tuple ``(status, body_bytes, headers)`` to
-    send as is, or ``("sleep", seconds, content)`` to answer late.
-    """
-
-    def __init__(self, reply: Callable[[dict, int], object], models: list[str] | None = None):
-        self.reply = reply
-        self.models = models if models is not None else ["judge-1"]
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    def handle(self, req, h) -> None:
-        if req.method == "GET" and req.path.endswith("/models"):
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]
-            send(h, 200, json.dumps({"object": "list", "data": data}).encode())
-            return
-        if not req.path.endswith("/chat/completions"):
-            send(h, 404, b'{"error": {"message": "not found"}}')
-            return
-        body = json.loads(req.body)
-        with self.lock:
-            n = len(self.requests)
-            self.requests.append(body)
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            out = self.reply(body, n)
-            if isinstance(out, tuple) and out[0] == "sleep":
-                time.sleep(out[1])
-                out = out[2]
-            if isinstance(out, tuple):
-                status, payload, headers = out
-                send(h, status, payload, headers=headers, content_type=headers.pop("Content-Type", "application/json"))
-            else:
-                send(h, 200, completion_body(out, body.get("model", "judge-1")))
-        finally:
-            with self.lock:
-                self.in_flight -= 1
-
-
-@contextmanager
-def judge_server(reply, models=None) -> Iterator[tuple[str, JudgeServer]]:
-    server = JudgeServer(reply, models)
-    with loopback_server(server.handle) as url:
-        yield url + "/v1", server
 
 
 def settings_for(url: str, **kw) -> JudgeSettings:
@@ -216,7 +146,7 @@ def test_mllm_messages_interleave_images_in_order():
 # ------------------------------------------------------------------------------------------------
 
 
-async def test_scores_from_a_real_chat_completion():
+async def test_scores_from_a_real_chat_completion(judge_server):
     with judge_server(lambda body, n: "<think>ok</think>\nText: 4\nImage: 5") as (url, server):
         async with client_for(url, extra_body={"chat_template_kwargs": {"enable_thinking": False}}) as client:
             judge = LLMJudge(client)
@@ -228,7 +158,7 @@ async def test_scores_from_a_real_chat_completion():
     assert client.stats.ok == 1 and client.stats.retries == 0
 
 
-async def test_mllm_judge_sends_images():
+async def test_mllm_judge_sends_images(judge_server):
     png = ImageData.from_bytes(make_png(4, 4))
     doc = Document(blocks=[TextBlock("Look."), ImageBlock(png, "search")])
     reply = "Image Quality: 3\nTask Relevance: 4\nText-Image Relevance: 5"
@@ -239,21 +169,21 @@ async def test_mllm_judge_sends_images():
     assert any(p["type"] == "image_url" for p in content)
 
 
-async def test_model_resolved_from_models_endpoint():
+async def test_model_resolved_from_models_endpoint(judge_server):
     with judge_server(lambda body, n: "Text: 3\nImage: 3", models=["only-model"]) as (url, server):
         async with client_for(url, model="") as client:
             await LLMJudge(client).score("Q", "A")
     assert server.requests[0]["model"] == "only-model"
 
 
-async def test_ambiguous_model_is_a_config_error():
+async def test_ambiguous_model_is_a_config_error(judge_server):
     with judge_server(lambda body, n: "Text: 3\nImage: 3", models=["a", "b"]) as (url, _):
         async with client_for(url, model="") as client:
             with pytest.raises(ConfigError, match="2 models"):
                 await LLMJudge(client).score("Q", "A")
 
 
-async def test_429_retry_after_is_honoured():
+async def test_429_retry_after_is_honoured(judge_server):
     def reply(body, n):
         if n == 0:
             return (429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}', {"Retry-After": "0.3"})
@@ -269,7 +199,7 @@ async def test_429_retry_after_is_honoured():
     assert client.stats.retries == 1 and client.stats.attempt_errors["rate_limited"] == 1
 
 
-async def test_500_then_success():
+async def test_500_then_success(judge_server):
     replies = iter([(500, b"Internal Server Error", {"Content-Type": "text/plain"}), "Text: 5\nImage: 5"])
     with judge_server(lambda body, n: next(replies)) as (url, server):
         async with client_for(url) as client:
@@ -277,7 +207,7 @@ async def test_500_then_success():
     assert len(server.requests) == 2
 
 
-async def test_persistent_500_is_a_failure_not_a_score():
+async def test_persistent_500_is_a_failure_not_a_score(judge_server):
     with judge_server(lambda body, n: (503, b"<html>Service Unavailable</html>", {"Content-Type": "text/html"})) as (url, server):
         async with client_for(url, retries=2) as client:
             with pytest.raises(JudgeFailure) as info:
@@ -287,7 +217,7 @@ async def test_persistent_500_is_a_failure_not_a_score():
     assert client.stats.failed == 1 and client.stats.failures["http_error"] == 1
 
 
-async def test_timeout_is_retried_then_reported():
+async def test_timeout_is_retried_then_reported(judge_server):
     with judge_server(lambda body, n: ("sleep", 1.0, "Text: 5\nImage: 5")) as (url, server):
         async with client_for(url, timeout_s=0.2, retries=1) as client:
             t0 = time.monotonic()
@@ -297,7 +227,7 @@ async def test_timeout_is_retried_then_reported():
     assert info.value.kind == "timeout" and info.value.attempts == 2
 
 
-async def test_slow_then_fast_recovers():
+async def test_slow_then_fast_recovers(judge_server):
     with judge_server(lambda body, n: ("sleep", 1.0, "x") if n == 0 else "Text: 3\nImage: 4") as (url, _):
         async with client_for(url, timeout_s=0.2, retries=1) as client:
             assert await LLMJudge(client).score("Q", "A") == (3, 4)
@@ -312,7 +242,7 @@ async def test_slow_then_fast_recovers():
         (200, b'{"id": "x", "object": "chat.completion", "choices": []}', {}),
     ],
 )
-async def test_garbage_bodies_are_bad_responses(bad):
+async def test_garbage_bodies_are_bad_responses(bad, judge_server):
     with judge_server(lambda body, n: bad) as (url, server):
         async with client_for(url, retries=1) as client:
             with pytest.raises(JudgeFailure) as info:
@@ -321,7 +251,7 @@ async def test_garbage_bodies_are_bad_responses(bad):
     assert len(server.requests) == 2
 
 
-async def test_unparseable_reply_is_retried():
+async def test_unparseable_reply_is_retried(judge_server):
     replies = iter(["I would rate this highly!", "Text: 4\nImage: 4"])
     with judge_server(lambda body, n: next(replies)) as (url, _):
         async with client_for(url) as client:
@@ -329,14 +259,14 @@ async def test_unparseable_reply_is_retried():
             assert client.stats.attempt_errors["unparseable"] == 1
 
 
-async def test_null_content_is_a_bad_response():
+async def test_null_content_is_a_bad_response(judge_server):
     with judge_server(lambda body, n: None) as (url, _):
         async with client_for(url, retries=0) as client:
             with pytest.raises(JudgeFailure, match="no text content"):
                 await LLMJudge(client).score("Q", "A")
 
 
-async def test_auth_error_is_not_retried_and_hides_the_key():
+async def test_auth_error_is_not_retried_and_hides_the_key(judge_server):
     body = b'{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}'
     with judge_server(lambda b, n: (401, body, {})) as (url, server):
         async with client_for(url, api_key="sk-secret-value-123") as client:
@@ -355,7 +285,7 @@ async def test_unreachable_endpoint_is_a_connection_failure():
     assert info.value.kind == "connection" and info.value.attempts == 2
 
 
-async def test_concurrency_is_bounded_per_endpoint():
+async def test_concurrency_is_bounded_per_endpoint(judge_server):
     import asyncio
 
     with judge_server(lambda body, n: ("sleep", 0.05, "Text: 3\nImage: 3")) as (url, server):

@@ -14,7 +14,6 @@ from llmi.images import ImageData
 from llmi.reward import RewardConfig, combine, llm_component, mllm_component
 from llmi.scoring import RewardScorer, Sample, impute_group_mean, reward_function, sample_from_row, score_batch
 from tests.helpers import make_png
-from tests.test_judges import judge_server
 
 PNG = ImageData.from_bytes(make_png(6, 6))
 LLM_REPLY = "Text: 4\nImage: 3"
@@ -65,7 +64,7 @@ def executor_from(outcomes):
     return execute
 
 
-async def test_full_pipeline_matches_the_formula():
+async def test_full_pipeline_matches_the_formula(judge_server):
     response = "<think>plan</think>Sales rose.\n" + tag("code", code="plt.bar([1],[2])") + "\nA photo.\n" + tag("search", query="eiffel")
     sample = Sample(prompt="Sales report", response=response, image_num=2, tools=["code", "search"])
     with judge_server(standard) as (url, server):
@@ -81,7 +80,7 @@ async def test_full_pipeline_matches_the_formula():
     assert sum(p["type"] == "image_url" for p in mllm_body["messages"][1]["content"]) == 2
 
 
-async def test_tool_score_uses_the_tag_sources_and_outcomes():
+async def test_tool_score_uses_the_tag_sources_and_outcomes(judge_server):
     response = "Intro.\n" + tag("code", code="x") + "\nMore.\n" + tag("search", query="y")
     sample = Sample(prompt="Q", response=response, image_num=2, tools=["code", "search"])
     with judge_server(standard) as (url, _):
@@ -92,7 +91,7 @@ async def test_tool_score_uses_the_tag_sources_and_outcomes():
     assert r.n_images == 1 and r.s_num == 0.5
 
 
-async def test_no_images_skips_the_mllm_judge():
+async def test_no_images_skips_the_mllm_judge(judge_server):
     sample = Sample(prompt="Q", response="Just prose, no pictures.", image_num=-1)
 
     async def never(*a):
@@ -105,7 +104,7 @@ async def test_no_images_skips_the_mllm_judge():
     assert r.score == pytest.approx(0.2 + 0.3 + 0.5 * llm_component(4, 3))
 
 
-async def test_more_than_ten_images_scores_mllm_one_without_asking():
+async def test_more_than_ten_images_scores_mllm_one_without_asking(judge_server):
     response = "Many.\n" + "\n".join(tag("diffusion", prompt=f"p{i}") for i in range(11))
     sample = Sample(prompt="Q", response=response, image_num=99)
     with judge_server(standard) as (url, server):
@@ -114,7 +113,7 @@ async def test_more_than_ten_images_scores_mllm_one_without_asking():
     assert r.mllm == "too_many_images" and r.s_mllm == 0.0 and r.quality == 1.0
 
 
-async def test_failed_judge_drops_the_sample_and_is_counted():
+async def test_failed_judge_drops_the_sample_and_is_counted(judge_server):
     def reply(body, n):
         return (500, b"boom", {"Content-Type": "text/plain"}) if not is_mllm(body) else MLLM_REPLY
 
@@ -129,7 +128,7 @@ async def test_failed_judge_drops_the_sample_and_is_counted():
     assert scorer.stats.judges["llm_judge"].failed == 1
 
 
-async def test_failed_judge_fallback_policy():
+async def test_failed_judge_fallback_policy(judge_server):
     def reply(body, n):
         return ("sleep", 1.0, MLLM_REPLY) if is_mllm(body) else LLM_REPLY
 
@@ -143,7 +142,7 @@ async def test_failed_judge_fallback_policy():
     assert scorer.stats.fallbacks["mllm_judge"] == 1 and scorer.stats.scored == 1
 
 
-async def test_executor_crash_is_an_error_not_a_score():
+async def test_executor_crash_is_an_error_not_a_score(judge_server):
     async def crash(response, images):
         raise RuntimeError("engine fell over")
 
@@ -153,7 +152,7 @@ async def test_executor_crash_is_an_error_not_a_score():
     assert r.score is None and "engine fell over" in r.errors["execute"]
 
 
-async def test_bad_inputs_are_reported_per_sample():
+async def test_bad_inputs_are_reported_per_sample(judge_server):
     samples = [
         Sample(prompt="Q", response="x", image_num=-5),
         Sample(prompt="Q", response="x", image_num=1, tools=["teleport"]),
@@ -194,7 +193,7 @@ async def test_edit_of_an_input_image_counts_for_edit():
     assert r.n_images == 1 and r.r_success == 1.0
 
 
-async def test_llm_judge_overlaps_tool_execution():
+async def test_llm_judge_overlaps_tool_execution(judge_server):
     marks = {}
 
     async def slow(response, images):
@@ -260,7 +259,7 @@ def test_sample_from_row(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-async def test_trl_reward_function_contract():
+async def test_trl_reward_function_contract(judge_server):
     metrics = {}
     prompts = [[{"role": "user", "content": "Draw tides."}]] * 2 + [[{"role": "user", "content": "Other."}]]
     completions = [
@@ -288,7 +287,7 @@ async def test_trl_reward_function_contract():
     assert metrics["llmi/dropped_frac"] == 0.0 and "llmi/s_num" in metrics
 
 
-async def test_trl_reward_function_drop_and_group_mean():
+async def test_trl_reward_function_drop_and_group_mean(judge_server):
     def reply(body, n):
         content = body["messages"][1]["content"]
         if isinstance(content, str) and "BROKEN" in content:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from .config import JudgeSettings
 from .document import Document, FailureBlock, ImageBlock, TextBlock
 from .errors import ConfigError, JudgeError
 from .images import ImageData
+from .tools import http as tool_http
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -170,6 +170,7 @@ def llm_judge_messages(system_prompt: str, question: str, response: str) -> list
 
 
 def failure_note(block: FailureBlock) -> str:
+    """What the MLLM judge reads where a tag failed: the judge should see the gap, not guess at it."""
     what = f" ({block.description.strip()[:120]})" if block.description.strip() else ""
     return f"\n[image missing: the {block.tool} tool could not produce it{what}]\n"
 
@@ -242,30 +243,6 @@ class JudgeStats:
             "attempt_errors": dict(self.attempt_errors),
             "failures": dict(self.failures),
         }
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _excerpt(text: Any, n: int = 200) -> str:
@@ -411,11 +388,12 @@ class JudgeClient:
             headers = getattr(exc.response, "headers", None)
             msg = f"HTTP {status}: {_excerpt(getattr(exc, 'message', exc))}"
             if status == 429:
-                return "rate_limited", True, _retry_after(headers), status, msg
+                return "rate_limited", True, tool_http.retry_after(headers), status, msg
             if status in (401, 403):
                 return "auth", False, None, status, msg + " (check the judge's api_key / api_key_env)"
             retryable = status >= 500 or status in (408, 409)
-            return "http_error", retryable, _retry_after(headers) if retryable else None, status, msg
+            wait = tool_http.retry_after(headers) if retryable else None
+            return "http_error", retryable, wait, status, msg
         if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
             return "bad_response", True, None, None, f"the body is not valid JSON ({_excerpt(exc, 120)})"
         return "error", False, None, None, f"{type(exc).__name__}: {_excerpt(exc)}"

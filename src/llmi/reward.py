@@ -93,8 +93,7 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.over_penalty must be >= 0, got {self.over_penalty}")
         if self.on_judge_error not in ("drop", "fallback"):
             raise ValueError(f"RewardConfig.on_judge_error must be 'drop' or 'fallback', got {self.on_judge_error!r}")
-        for name in ("fallback_score",):
-            _check_judge_score(getattr(self, name), f"RewardConfig.{name}")
+        _check_judge_score(self.fallback_score, "RewardConfig.fallback_score")
         for name in ("no_image_mllm", "too_many_mllm"):
             value = getattr(self, name)
             if len(value) != 3:
@@ -170,6 +169,8 @@ def image_count_score(image_num: int, produced: int, *, eval: bool = False, over
 
 @dataclass(frozen=True)
 class ToolScore:
+    """``r_tool`` and the two rates it mixes (see :func:`tool_score`)."""
+
     r_tool: float
     r_attempt: float
     r_success: float

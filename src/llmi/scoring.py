@@ -24,7 +24,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from .config import Settings
 from .document import Document, ImageBlock, TextBlock
@@ -45,6 +45,7 @@ from .reward import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: ``async execute(response, input_images) -> Document``: runs a response's tags.
 Executor = Callable[[str, list[ImageData]], Awaitable[Document]]
@@ -311,16 +312,21 @@ class RewardScorer:
         return self
 
     def _open_judges(self) -> None:
-        if self.judges:
-            if self._llm is None:
-                client = JudgeClient(self.settings.llm_judge, name="llm_judge", backoff_s=self._backoff[0], max_backoff_s=self._backoff[1])
-                self._stack.push_async_callback(client.aclose)
-                self._llm = LLMJudge(client)
-            if self._mllm is None:
-                client = JudgeClient(self.settings.mllm_judge, name="mllm_judge", backoff_s=self._backoff[0], max_backoff_s=self._backoff[1])
-                self._stack.push_async_callback(client.aclose)
-                self._mllm = MLLMJudge(client)
-            self.stats.judges = {"llm_judge": self._llm.client.stats, "mllm_judge": self._mllm.client.stats}
+        if not self.judges:
+            return
+        if self._llm is None:
+            self._llm = LLMJudge(self._judge_client("llm_judge"))
+        if self._mllm is None:
+            self._mllm = MLLMJudge(self._judge_client("mllm_judge"))
+        self.stats.judges = {"llm_judge": self._llm.client.stats, "mllm_judge": self._mllm.client.stats}
+
+    def _judge_client(self, name: str) -> JudgeClient:
+        """A client for the ``[name]`` settings section, closed with the scorer."""
+        backoff_s, max_backoff_s = self._backoff
+        settings = getattr(self.settings, name)
+        client = JudgeClient(settings, name=name, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+        self._stack.push_async_callback(client.aclose)
+        return client
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
@@ -354,17 +360,11 @@ class RewardScorer:
         execute = await self._executor()
         return await execute(sample.response, list(sample.input_images))
 
-    async def _ask_llm(self, question: str, response: str) -> tuple[tuple[float, float] | None, str | None]:
-        assert self._llm is not None
+    @staticmethod
+    async def _judged(score: Callable[..., Awaitable[T]], *args: Any) -> tuple[T | None, str | None]:
+        """``(score(*args), None)``, or ``(None, reason)`` for a judge that failed after its retries."""
         try:
-            return await self._llm.score(question, response), None
-        except JudgeFailure as exc:
-            return None, exc.reason
-
-    async def _ask_mllm(self, question: str, doc: Document, images: list[ImageData]):
-        assert self._mllm is not None
-        try:
-            return await self._mllm.score(question, doc, images), None
+            return await score(*args), None
         except JudgeFailure as exc:
             return None, exc.reason
 
@@ -402,7 +402,9 @@ class RewardScorer:
 
         llm_task = None
         if self.judges:  # the LLM judge needs only the raw response: overlap it with tool execution
-            llm_task = asyncio.ensure_future(self._ask_llm(question, strip_think(sample.response)))
+            assert self._llm is not None
+            response = strip_think(sample.response)
+            llm_task = asyncio.ensure_future(self._judged(self._llm.score, question, response))
         try:
             try:
                 document = await self._document(sample, parsed)
@@ -430,7 +432,9 @@ class RewardScorer:
             source, fixed = mllm_rule(len(produced), cfg)
             mllm_scores, mllm_error = fixed, None
             if source == "judge":
-                mllm_scores, mllm_error = await self._ask_mllm(question, document, list(sample.input_images))
+                assert self._mllm is not None
+                mllm_scores, mllm_error = await self._judged(
+                    self._mllm.score, question, document, list(sample.input_images))
             llm_scores, llm_error = await llm_task
             llm_task = None
             return assemble(

@@ -67,6 +67,12 @@ def iter_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield n, None, f"line {n + 1} is not JSON: {exc}"
 
 
+def count_rows(path: Path) -> int:
+    """How many rows :func:`iter_rows` yields (one per non-blank line), without parsing them."""
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def consolidate(out: Path) -> None:
     """Rewrite OUT in input order, keeping the last result of each line (atomically)."""
     rows: dict[int, str] = {}
@@ -111,7 +117,7 @@ async def run_reward(
     from ..scoring import RewardScorer, Sample, sample_from_row
 
     done = read_done(out_path, retry_errors=retry_errors)
-    total = sum(1 for n, _, _ in iter_rows(in_path))
+    total = count_rows(in_path)
     todo = total - len(done)
     base_dir = in_path.parent
     pending: dict[int, tuple[int, Any]] = {}
@@ -165,14 +171,15 @@ def reward_cmd(
     retry_errors: bool = typer.Option(False, "--retry-errors", help="also redo rows of OUT whose judge or tools failed"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="config file (TOML)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="log what the judges and tools do"),
 ) -> None:
     """Score rollouts with the LLM-I hybrid reward: image-count rule, tool score, LLM and MLLM judges.
 
-    Judges are any OpenAI-compatible chat endpoints: set them with the flags or in the llm_judge and
-    mllm_judge tables of the config (keys via api_key or api_key_env there, never on the command line).
-    Tags are executed with the configured tools, sharing the generation cache. Interrupted runs resume
-    where they stopped.
+    Judges are any OpenAI-compatible chat endpoints: set them with the flags
+    or in the [llm_judge] and [mllm_judge] tables of the config (keys via
+    api_key or api_key_env there, never on the command line). Tags are run
+    with the configured tools, sharing the generation cache. An interrupted
+    run resumes where it stopped.
     """
     setup_logging(verbose)
     from ..reward import RewardConfig

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import httpx
 
@@ -18,7 +18,7 @@ from ..errors import ToolError, TransientToolError
 
 
 def parse_retry_after(value: str | None, *, cap: float = 300.0) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), at most ``cap``."""
     if not value:
         return None
     value = value.strip()
@@ -35,10 +35,24 @@ def parse_retry_after(value: str | None, *, cap: float = 300.0) -> float | None:
     return max(0.0, min(cap, when.timestamp() - time.time()))
 
 
+def retry_after(headers: Mapping[str, str] | None, *, cap: float = 300.0) -> float | None:
+    """Seconds a 429/503 answer asks us to wait: OpenAI's ``retry-after-ms`` if present (it is the
+    more precise of the two), else the standard ``Retry-After``; ``None`` when neither says."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, min(cap, float(ms) / 1000.0))
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"), cap=cap)
+
+
 def _excerpt(resp: httpx.Response, limit: int = 200) -> str:
     try:
         text = resp.text
-    except Exception:  # undecodable body
+    except (httpx.ResponseNotRead, UnicodeDecodeError, LookupError):  # a streamed or undecodable body
         return ""
     text = " ".join(text.split())
     return text[:limit] + ("…" if len(text) > limit else "")
@@ -54,24 +68,31 @@ def check_response(resp: httpx.Response, service: str) -> httpx.Response:
     if code in (429, 503):
         raise TransientToolError(
             msg, kind="rate_limited" if code == 429 else "unavailable",
-            retry_after=parse_retry_after(resp.headers.get("retry-after")),
+            retry_after=retry_after(resp.headers),
         )
     if code >= 500 or code == 408:
         raise TransientToolError(msg, kind="server_error")
     raise ToolError(msg, kind="http_error")
 
 
-async def request(
+async def send(
     client: httpx.AsyncClient, method: str, url: str, *, service: str, **kwargs: Any
 ) -> httpx.Response:
-    """``client.request`` with errors translated; the response is checked with :func:`check_response`."""
+    """``client.request`` with transport failures (timeouts, refused or dropped connections) translated
+    to :class:`TransientToolError`; the status is left for the caller to judge."""
     try:
-        resp = await client.request(method, url, **kwargs)
+        return await client.request(method, url, **kwargs)
     except httpx.TimeoutException as exc:
         raise TransientToolError(f"{service} timed out ({type(exc).__name__})", kind="timeout") from exc
     except httpx.TransportError as exc:
         raise TransientToolError(f"{service} is unreachable: {type(exc).__name__}: {exc}", kind="connection_error") from exc
-    return check_response(resp, service)
+
+
+async def request(
+    client: httpx.AsyncClient, method: str, url: str, *, service: str, **kwargs: Any
+) -> httpx.Response:
+    """:func:`send`, then :func:`check_response`: a 2xx response or the matching tool error."""
+    return check_response(await send(client, method, url, service=service, **kwargs), service)
 
 
 def json_body(resp: httpx.Response, service: str) -> Any:

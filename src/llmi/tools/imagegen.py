@@ -12,12 +12,18 @@ choice for local diffusers pipelines (imports torch only when called).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import gc
+import importlib
+import inspect
+import io
 import logging
 import re
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import httpx
@@ -96,15 +102,16 @@ async def send(
     the key back, masked or not), safety refusals become ``content_policy`` and exhausted quotas
     ``quota_exceeded`` — neither worth a retry — and any secret is scrubbed from the message.
     """
-    secrets = tuple(secrets)
     try:
-        resp = await client.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise TransientToolError(f"{service} timed out ({type(exc).__name__})", kind="timeout") from exc
-    except httpx.TransportError as exc:
-        raise TransientToolError(
-            redact(f"{service} is unreachable: {type(exc).__name__}: {exc}", secrets), kind="connection_error"
-        ) from exc
+        resp = await tool_http.send(client, method, url, service=service, **kwargs)
+        return _check_image_response(resp, service)
+    except ToolError as exc:
+        exc.args = (redact(str(exc), secrets),)
+        raise
+
+
+def _check_image_response(resp: httpx.Response, service: str) -> httpx.Response:
+    """:func:`llmi.tools.http.check_response`, after the refusals image services word their own way."""
     code = resp.status_code
     if 200 <= code < 300:
         return resp
@@ -115,17 +122,11 @@ async def send(
         )
     err_code, err_msg = _error_fields(resp)
     if err_code in _POLICY_CODES or (code == 400 and "safety system" in err_msg.lower()):
-        raise ToolError(
-            redact(f"{service} refused the request on content policy grounds: {err_msg[:200]}", secrets),
-            kind="content_policy",
-        )
+        raise ToolError(f"{service} refused the request on content policy grounds: {err_msg[:200]}",
+                        kind="content_policy")
     if code == 429 and err_code in _QUOTA_CODES:
-        raise ToolError(redact(f"{service}: quota exhausted: {err_msg[:200]}", secrets), kind="quota_exceeded")
-    try:
-        return tool_http.check_response(resp, service)
-    except ToolError as exc:
-        exc.args = (redact(str(exc), secrets),)
-        raise
+        raise ToolError(f"{service}: quota exhausted: {err_msg[:200]}", kind="quota_exceeded")
+    return tool_http.check_response(resp, service)
 
 
 def json_object(resp: httpx.Response, service: str) -> dict[str, Any]:
@@ -212,10 +213,9 @@ def data_uri(image: ImageData, *, accept: tuple[str, ...] = ("image/png", "image
 
 
 def png_bytes(image: ImageData) -> bytes:
+    """The image as PNG bytes (as it is when already PNG), for services that take nothing else."""
     if image.mime == "image/png":
         return image.data
-    import io
-
     pil = image.to_pil()
     if pil.mode not in ("RGB", "RGBA", "L", "LA"):
         pil = pil.convert("RGBA" if "A" in pil.getbands() else "RGB")
@@ -224,13 +224,21 @@ def png_bytes(image: ImageData) -> bytes:
     return buf.getvalue()
 
 
+def given_fields(options: Any, names: Iterable[str]) -> dict[str, Any]:
+    """The named option fields that are set (not ``None``): a request carries only these and leaves the
+    others to the service's own defaults."""
+    return {name: getattr(options, name) for name in names if getattr(options, name) is not None}
+
+
 def require_input_image(request) -> ImageData:
+    """The image an ``edit`` call works on, or ``missing_input``."""
     if request.input_image is None:
         raise ToolError("edit needs an input image, and none was given", kind="missing_input")
     return request.input_image
 
 
 def require_prompt(request) -> str:
+    """The call's non-blank ``prompt``, or ``missing_param``."""
     prompt = request.params.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ToolError("the tool call has no prompt", kind="missing_param")
@@ -352,8 +360,6 @@ def pick_dtype(dtype: str, device: str):
 def _dtype_keyword() -> str:
     """Recent diffusers call the dtype argument ``dtype`` (``torch_dtype`` is deprecated); older
     releases know only ``torch_dtype``."""
-    import importlib
-
     try:
         utils = importlib.import_module("diffusers.utils.deprecation_utils")
     except ImportError:  # pragma: no cover - old diffusers
@@ -401,8 +407,6 @@ class DiffusersRunner:
         with self._load_lock:
             if self._pipe is not None:
                 return self._pipe
-            from pathlib import Path
-
             if not self.model_path:
                 raise ToolError(f"{self.service}: model_path is not set", kind="misconfigured")
             if not self.allow_download and not Path(self.model_path).expanduser().is_dir():
@@ -419,8 +423,6 @@ class DiffusersRunner:
             try:
                 pipe = cls.from_pretrained(path, **{_dtype_keyword(): dtype},
                                            local_files_only=not self.allow_download)
-            except ToolError:
-                raise
             except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, ...
                 raise ToolError(f"{self.service}: cannot load the pipeline: {type(exc).__name__}: {exc}",
                                 kind="model_load_error") from exc
@@ -434,19 +436,10 @@ class DiffusersRunner:
             self._pipe = pipe
             return pipe
 
-    async def load(self):
-        import asyncio
-
-        if self._pipe is not None:
-            return self._pipe
-        return await asyncio.to_thread(self._load_sync)
-
     # -- inference -------------------------------------------------------------------------------
     def accepted(self, pipe, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``kwargs`` without the ones this pipeline's ``__call__`` does not take (logged, not fatal):
         one options table can then serve Stable Diffusion, Qwen-Image and FLUX pipelines."""
-        import inspect
-
         params = inspect.signature(pipe.__call__).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return kwargs
@@ -470,9 +463,7 @@ class DiffusersRunner:
                     out = pipe(**call)
             except torch.cuda.OutOfMemoryError as exc:
                 raise TransientToolError(f"{self.service}: out of GPU memory", kind="out_of_memory") from exc
-            except ToolError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # the pipeline's own errors: bad arguments, shapes, ...
                 raise ToolError(f"{self.service}: inference failed: {type(exc).__name__}: {exc}",
                                 kind="inference_error") from exc
         nsfw = getattr(out, "nsfw_content_detected", None)
@@ -487,8 +478,7 @@ class DiffusersRunner:
         return ImageData.from_pil(first.convert("RGB") if first.mode not in ("RGB", "RGBA") else first)
 
     async def __call__(self, kwargs: dict[str, Any], *, seed: int | None = None) -> ImageData:
-        import asyncio
-
+        """Run the pipeline (loading it first if need be) in a worker thread."""
         return await asyncio.to_thread(self.call_sync, kwargs, seed)
 
     def close(self) -> None:
@@ -496,8 +486,6 @@ class DiffusersRunner:
         if pipe is None:
             return
         del pipe
-        import gc
-
         gc.collect()
         try:
             import torch

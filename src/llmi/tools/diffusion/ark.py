@@ -13,13 +13,15 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .. import imagegen
-from ..base import Backend, BackendStatus, HTTPBackendOptions, ToolRequest, ToolResult
-from .openai import auth_headers, probe_models
+from ..base import HTTPBackendOptions, ToolRequest, ToolResult
+from .openai import ImagesAPIBackend
 
 ARK_BASE_URL = "https://ark.cn-beijing.volces.com/api/v3"
 
 
 class ArkOptions(HTTPBackendOptions):
+    """``[backends.diffusion.ark]``; ``[backends.edit.ark]`` differs only in its defaults."""
+
     base_url: str = ARK_BASE_URL
     api_key_env: str = "ARK_API_KEY"
     timeout_s: float = 180.0
@@ -36,17 +38,11 @@ class ArkOptions(HTTPBackendOptions):
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
 
-class ArkBase(Backend):
-    """What Seedream and SeedEdit share: the body's Ark knobs, the call, the answer."""
+class ArkBase(ImagesAPIBackend):
+    """What Seedream and SeedEdit share: the JSON body with Ark's knobs, on ``/images/generations``."""
 
     options: ArkOptions
     service = "Volcengine Ark"
-
-    def status(self) -> BackendStatus:
-        return self.key_status()
-
-    async def probe(self) -> BackendStatus:
-        return await probe_models(self, self.service)
 
     def cache_identity(self) -> dict[str, Any]:
         o = self.options
@@ -55,34 +51,18 @@ class ArkBase(Backend):
 
     def body(self, prompt: str) -> dict[str, Any]:
         o = self.options
-        body: dict[str, Any] = {"model": o.model, "prompt": prompt, "response_format": o.response_format,
-                                "watermark": o.watermark}
-        for key in ("size", "seed", "guidance_scale"):
-            if getattr(o, key) is not None:
-                body[key] = getattr(o, key)
-        body.update(o.extra_body)
-        return body
-
-    async def generate(self, body: dict[str, Any], provenance: dict[str, Any]) -> ToolResult:
-        resp = await imagegen.send(
-            self.ctx.http, "POST", imagegen.join_url(self.options.base_url, "images/generations"),
-            service=self.service, json=body, headers=auth_headers(self), timeout=self.options.timeout_s,
-            secrets=[self.api_key(required=False)],
-        )
-        payload = imagegen.json_object(resp, self.service)
-        image, entry = await imagegen.first_image(payload, ctx=self.ctx, service=self.service)
-        prov = {"backend": f"{self.tool}.{self.name}", "model": str(payload.get("model") or self.options.model),
-                **provenance}
-        if entry.get("url"):
-            prov["source_url"] = entry["url"]
-        return ToolResult(image=image, provenance=prov)
+        return {"model": o.model, "prompt": prompt, "response_format": o.response_format,
+                "watermark": o.watermark, **imagegen.given_fields(o, ("size", "seed", "guidance_scale")),
+                **o.extra_body}
 
 
 class ArkSeedream(ArkBase):
+    """``diffusion.ark``: Seedream text to image."""
+
     tool = "diffusion"
     name = "ark"
     Options = ArkOptions
 
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)
-        return await self.generate(self.body(prompt), {"prompt": prompt})
+        return await self.post("images/generations", {"prompt": prompt}, json=self.body(prompt))

@@ -8,6 +8,7 @@ and every call runs in a thread too, so the event loop keeps serving the other t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -17,6 +18,8 @@ from ..base import Backend, BackendOptions, BackendStatus, ToolRequest, ToolResu
 
 
 class DiffusersOptions(BackendOptions):
+    """``[backends.diffusion.diffusers]``; the edit backend adds its own strength knob."""
+
     #: A local pipeline folder (or a Hugging Face id with allow_download = true).
     model_path: str = ""
     #: "auto" (model_index.json) or a diffusers class: QwenImagePipeline, FluxPipeline, ...
@@ -47,6 +50,9 @@ CALL_FIELDS = ("num_inference_steps", "guidance_scale", "true_cfg_scale", "heigh
 
 
 class DiffusersBase(Backend):
+    """What the text-to-image and edit backends share: one :class:`~llmi.tools.imagegen.DiffusersRunner`,
+    the status check, the call's keyword arguments."""
+
     options: DiffusersOptions
     requires = ("torch", "diffusers")
     extra = "local"
@@ -64,8 +70,6 @@ class DiffusersBase(Backend):
         base = super().status()
         if not base.usable:
             return base
-        from pathlib import Path
-
         o = self.options
         if not o.model_path:
             return BackendStatus("misconfigured", f"set model_path in [backends.{self.tool}.{self.name}]")
@@ -80,16 +84,15 @@ class DiffusersBase(Backend):
 
     def call_kwargs(self, prompt: str) -> dict[str, Any]:
         o = self.options
-        kwargs: dict[str, Any] = {"prompt": prompt}
-        kwargs.update({k: getattr(o, k) for k in self.call_fields if getattr(o, k) is not None})
-        kwargs.update(o.call_kwargs)
-        return kwargs
+        return {"prompt": prompt, **imagegen.given_fields(o, self.call_fields), **o.call_kwargs}
 
     async def aclose(self) -> None:
         self.runner.close()
 
 
 class DiffusersText2Image(DiffusersBase):
+    """``diffusion.diffusers``: text to image with a local pipeline."""
+
     tool = "diffusion"
     name = "diffusers"
     Options = DiffusersOptions

@@ -4,12 +4,13 @@ Works with OpenAI itself and any server that copies the wire format (set ``base_
 models (``gpt-image-1`` and later) always answer with ``b64_json`` and reject ``response_format``;
 DALL·E models answer with a URL unless asked for ``b64_json``, which is what we ask for. The model id is
 an option because OpenAI retires ids; nothing here depends on a particular one.
+
+:class:`ImagesAPIBackend` is the part of this wire that Ark and the edit endpoint share too.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import Field
@@ -18,10 +19,10 @@ from ...errors import ConfigError, ToolError
 from .. import imagegen
 from ..base import Backend, BackendStatus, HTTPBackendOptions, ToolRequest, ToolResult
 
-log = logging.getLogger(__name__)
-
 
 class OpenAIImagesOptions(HTTPBackendOptions):
+    """``[backends.diffusion.openai]`` (and, field for field, ``[backends.edit.openai]``)."""
+
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 180.0
@@ -40,12 +41,14 @@ class OpenAIImagesOptions(HTTPBackendOptions):
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
 
-def takes_response_format(model: str) -> bool:
-    """Only the DALL·E family accepts ``response_format``; GPT image models fail on it."""
+def is_dalle(model: str) -> bool:
+    """The DALL·E family: the only models that take ``response_format``, and ``dall-e-2`` edits take
+    PNG only. GPT image models fail on ``response_format``."""
     return model.startswith("dall-e")
 
 
 def auth_headers(backend: Backend) -> dict[str, str]:
+    """The bearer token (and OpenAI-Organization), or ``missing_key`` saying where to put the key."""
     try:
         key = backend.api_key()
     except ConfigError as exc:
@@ -75,13 +78,12 @@ async def probe_models(backend: Backend, service: str) -> BackendStatus:
     return BackendStatus("ok", f"reachable (HTTP {resp.status_code})")
 
 
-class OpenAIImages(Backend):
-    tool = "diffusion"
-    name = "openai"
-    Options = OpenAIImagesOptions
-    options: OpenAIImagesOptions
+class ImagesAPIBackend(Backend):
+    """What every backend on the OpenAI Images wire shares — OpenAI and Ark, generation and edits: the
+    key, the ``/models`` probe, and one POST whose ``{"data": [...]}`` answer becomes the result."""
 
-    service = "OpenAI images"
+    options: HTTPBackendOptions  # with a ``model`` field
+    service: ClassVar[str]
 
     def status(self) -> BackendStatus:
         return self.key_status()
@@ -89,38 +91,55 @@ class OpenAIImages(Backend):
     async def probe(self) -> BackendStatus:
         return await probe_models(self, self.service)
 
+    async def post(self, path: str, provenance: dict[str, Any], **request: Any) -> ToolResult:
+        """POST ``request`` (``json=`` or ``data=``/``files=``) to ``{base_url}/{path}``; the first image
+        of the answer, with ``provenance`` plus what the answer says (model, revised prompt, URL)."""
+        o = self.options
+        resp = await imagegen.send(
+            self.ctx.http, "POST", imagegen.join_url(o.base_url, path), service=self.service,
+            headers=auth_headers(self), timeout=o.timeout_s, secrets=[self.api_key(required=False)], **request,
+        )
+        payload = imagegen.json_object(resp, self.service)
+        image, entry = await imagegen.first_image(payload, ctx=self.ctx, service=self.service)
+        prov: dict[str, Any] = {"backend": f"{self.tool}.{self.name}",
+                                "model": str(payload.get("model") or o.model), **provenance}
+        if entry.get("revised_prompt"):
+            prov["revised_prompt"] = entry["revised_prompt"]
+        if entry.get("url"):
+            prov["source_url"] = entry["url"]
+        return ToolResult(image=image, provenance=prov)
+
+
+class OpenAIImagesBase(ImagesAPIBackend):
+    """The OpenAI request fields, shared by generation (a JSON body) and edits (form fields)."""
+
+    options: OpenAIImagesOptions
+
     def cache_identity(self) -> dict[str, Any]:
         o = self.options
         return {"model": o.model, "size": o.size, "quality": o.quality, "output_format": o.output_format,
                 "extra_body": o.extra_body}
 
-    def body(self, prompt: str) -> dict[str, Any]:
+    def fields(self, prompt: str) -> dict[str, Any]:
         o = self.options
-        body: dict[str, Any] = {"model": o.model, "prompt": prompt, "n": 1}
-        for key in ("size", "quality", "output_format"):
-            if getattr(o, key) is not None:
-                body[key] = getattr(o, key)
-        if takes_response_format(o.model):
-            body["response_format"] = o.response_format or "b64_json"
+        fields: dict[str, Any] = {"model": o.model, "prompt": prompt, "n": 1,
+                                  **imagegen.given_fields(o, ("size", "quality", "output_format"))}
+        if is_dalle(o.model):
+            fields["response_format"] = o.response_format or "b64_json"
         elif o.response_format:
-            body["response_format"] = o.response_format
-        body.update(o.extra_body)
-        return body
+            fields["response_format"] = o.response_format
+        fields.update(o.extra_body)
+        return fields
+
+
+class OpenAIImages(OpenAIImagesBase):
+    """``diffusion.openai``: text to image with ``POST {base_url}/images/generations``."""
+
+    tool = "diffusion"
+    name = "openai"
+    Options = OpenAIImagesOptions
+    service = "OpenAI images"
 
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)
-        headers = auth_headers(self)
-        resp = await imagegen.send(
-            self.ctx.http, "POST", imagegen.join_url(self.options.base_url, "images/generations"),
-            service=self.service, json=self.body(prompt), headers=headers, timeout=self.options.timeout_s,
-            secrets=[self.api_key(required=False)],
-        )
-        payload = imagegen.json_object(resp, self.service)
-        image, entry = await imagegen.first_image(payload, ctx=self.ctx, service=self.service)
-        provenance: dict[str, Any] = {"backend": f"{self.tool}.{self.name}", "model": self.options.model,
-                                      "prompt": prompt}
-        if entry.get("revised_prompt"):
-            provenance["revised_prompt"] = entry["revised_prompt"]
-        if entry.get("url"):
-            provenance["source_url"] = entry["url"]
-        return ToolResult(image=image, provenance=provenance)
+        return await self.post("images/generations", {"prompt": prompt}, json=self.fields(prompt))

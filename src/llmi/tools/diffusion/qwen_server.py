@@ -23,6 +23,7 @@ import httpx
 from pydantic import Field
 
 from ...errors import ToolError, TransientToolError
+from ...images import ImageData
 from .. import imagegen
 from ..base import Backend, BackendOptions, BackendStatus, ToolRequest, ToolResult
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class QwenServerOptions(BackendOptions):
+    """What the generation and edit server backends share; the generation one adds the image size."""
+
     #: Base URLs of the servers, e.g. ["http://gpu1:8000", "http://gpu1:8001"].
     servers: list[str] = Field(default_factory=list)
     #: least_busy: fewest calls in flight first; round_robin: strict rotation.
@@ -47,6 +50,8 @@ class QwenServerOptions(BackendOptions):
 
 
 class QwenImageServerOptions(QwenServerOptions):
+    """``[backends.diffusion.qwen-server]``."""
+
     height: int | None = None
     width: int | None = None
     guidance_scale: float | None = None
@@ -103,12 +108,7 @@ class QwenServerBase(Backend):
 
     def payload(self, prompt: str) -> dict[str, Any]:
         o = self.options
-        body: dict[str, Any] = {"prompt": prompt}
-        for key in self.knobs:
-            if getattr(o, key) is not None:
-                body[key] = getattr(o, key)
-        body.update(o.extra_body)
-        return body
+        return {"prompt": prompt, **imagegen.given_fields(o, self.knobs), **o.extra_body}
 
     async def call(self, payload: dict[str, Any], provenance: dict[str, Any]) -> ToolResult:
         order = self.pool.order()
@@ -142,7 +142,8 @@ class QwenServerBase(Backend):
             kind=last.kind, retry_after=last.retry_after,
         ) from last
 
-    def decode(self, resp: httpx.Response, service: str):
+    def decode(self, resp: httpx.Response, service: str) -> ImageData:
+        """The first image of a ``{"status": "success", "images": [...]}`` answer."""
         body = imagegen.json_object(resp, service)
         images = body.get("images")
         if body.get("status") != "success" or not isinstance(images, list) or not images:
@@ -153,10 +154,12 @@ class QwenServerBase(Backend):
 
 
 class QwenImageServer(QwenServerBase):
+    """``diffusion.qwen-server``: ``POST {server}/generate/``."""
+
     tool = "diffusion"
-    knobs = ("negative_prompt", "num_inference_steps", "height", "width", "guidance_scale")
     name = "qwen-server"
     Options = QwenImageServerOptions
+    knobs = ("negative_prompt", "num_inference_steps", "height", "width", "guidance_scale")
 
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)

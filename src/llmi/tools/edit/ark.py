@@ -7,19 +7,21 @@ Seedream 4.x models edit too: set ``model`` to one of them and ``size`` to a siz
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import imagegen
 from ..base import ToolRequest, ToolResult
 from ..diffusion.ark import ArkBase, ArkOptions
 
 
 class ArkSeedEditOptions(ArkOptions):
+    """SeedEdit's model, and ``adaptive`` size (the input's aspect ratio)."""
+
     model: str = "doubao-seededit-3-0-i2i-250628"
     size: str | None = "adaptive"
 
 
 class ArkSeedEdit(ArkBase):
+    """``edit.ark``: the input image as a data URI in the JSON body."""
+
     tool = "edit"
     name = "ark"
     Options = ArkSeedEditOptions
@@ -27,6 +29,6 @@ class ArkSeedEdit(ArkBase):
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)
         source = imagegen.require_input_image(request)
-        body: dict[str, Any] = self.body(prompt)
-        body["image"] = imagegen.data_uri(source)
-        return await self.generate(body, {"prompt": prompt, "input_sha256": source.sha256})
+        body = {**self.body(prompt), "image": imagegen.data_uri(source)}
+        provenance = {"prompt": prompt, "input_sha256": source.sha256}
+        return await self.post("images/generations", provenance, json=body)

@@ -8,19 +8,21 @@ pipelines that take it. Output size follows the input unless ``height``/``width`
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import imagegen
 from ..base import ToolRequest, ToolResult
 from ..diffusion.diffusers_local import CALL_FIELDS, DiffusersBase, DiffusersOptions
 
 
 class DiffusersEditOptions(DiffusersOptions):
+    """``[backends.edit.diffusers]``."""
+
     #: InstructPix2Pix: how closely to keep the input image (>= 1).
     image_guidance_scale: float | None = None
 
 
 class DiffusersEdit(DiffusersBase):
+    """``edit.diffusers``: the input image goes to the pipeline as ``image`` (RGB)."""
+
     tool = "edit"
     name = "diffusers"
     Options = DiffusersEditOptions
@@ -29,9 +31,8 @@ class DiffusersEdit(DiffusersBase):
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)
         source = imagegen.require_input_image(request)
-        kwargs: dict[str, Any] = self.call_kwargs(prompt)
         pil = source.to_pil()
-        kwargs["image"] = pil.convert("RGB") if pil.mode != "RGB" else pil
+        kwargs = {**self.call_kwargs(prompt), "image": pil.convert("RGB") if pil.mode != "RGB" else pil}
         image = await self.runner(kwargs, seed=self.options.seed)
         return ToolResult(image=image, provenance={
             "backend": f"{self.tool}.{self.name}", "model": self.options.model_path, "prompt": prompt,

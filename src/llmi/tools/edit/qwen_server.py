@@ -15,10 +15,14 @@ from ..diffusion.qwen_server import QwenServerBase, QwenServerOptions
 
 
 class QwenImageEditServerOptions(QwenServerOptions):
+    """``[backends.edit.qwen-server]``: no size knobs (the output follows the input)."""
+
     model: str = "Qwen-Image-Edit"
 
 
 class QwenImageEditServer(QwenServerBase):
+    """``edit.qwen-server``: ``POST {server}/edit/`` with the input image as base64."""
+
     tool = "edit"
     name = "qwen-server"
     Options = QwenImageEditServerOptions
