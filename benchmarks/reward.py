@@ -178,12 +178,14 @@ async def bench(args, urls) -> None:
     from llmi.scoring import RewardScorer
 
     settings = Settings(
-        llm_judge=JudgeSettings(base_url=urls["llm"] + "/v1", model="judge", concurrency=args.llm_cap, timeout_s=30),
-        mllm_judge=JudgeSettings(base_url=urls["mllm"] + "/v1", model="judge", concurrency=args.mllm_cap, timeout_s=30),
+        llm_judge=JudgeSettings(base_url=urls["llm"] + "/v1", model="judge", concurrency=args.llm_cap, timeout_s=30,
+                                backoff_s=0.05),
+        mllm_judge=JudgeSettings(base_url=urls["mllm"] + "/v1", model="judge", concurrency=args.mllm_cap, timeout_s=30,
+                                 backoff_s=0.05),
     )
     samples = make_rollouts(args.rollouts, args.tags)
     execute = tool_executor(args.tool_latency, args.tool_cap, args.image_size)
-    async with RewardScorer(settings, execute=execute, judge_backoff_s=0.05) as scorer:
+    async with RewardScorer(settings, execute=execute) as scorer:
         # warm-up (connections, imports) outside the timed run
         await scorer.score_batch(make_rollouts(4, args.tags))
         t0, c0 = time.perf_counter(), time.process_time()

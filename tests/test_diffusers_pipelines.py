@@ -210,10 +210,6 @@ async def test_flux_kontext_explicit_class_and_palette_input(ctx, kontext_path):
     assert_png(result, 32, 32)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FluxKontextPipeline rescales height/width to max_area (default 1024**2), so the backend's height/width "
-    "options are ignored unless call_kwargs also sets max_area; the edit backend should pass "
-    "max_area = height * width when both are set"))
 async def test_flux_kontext_honours_height_and_width_without_max_area(ctx, kontext_path, monkeypatch):
     # Without the fix the pipeline would denoise a 1024x1024 latent (minutes on a CPU), so a spy records
     # the size the pipeline settled on and stops the call there.

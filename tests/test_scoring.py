@@ -119,7 +119,7 @@ async def test_failed_judge_drops_the_sample_and_is_counted(judge_server):
 
     sample = Sample(prompt="Q", response="Text.\n" + tag("search", query="x"), image_num=1, tools=["search"])
     with judge_server(reply) as (url, _):
-        async with RewardScorer(settings_for(url), execute=executor_from([True]), judge_backoff_s=0.01) as scorer:
+        async with RewardScorer(settings_for(url, backoff_s=0.01), execute=executor_from([True])) as scorer:
             (r,) = await scorer.score_batch([sample])
     assert r.score is None and r.dropped
     assert r.errors["llm_judge"].startswith("http_error")
@@ -297,7 +297,7 @@ async def test_trl_reward_function_drop_and_group_mean(judge_server):
     prompts = ["P", "P", "P"]
     completions = ["Good text.", "BROKEN text.", "Fine text."]
     with judge_server(reply) as (url, _):
-        fn = reward_function(settings_for(url, retries=0), scorer_kwargs={"judge_backoff_s": 0.01})
+        fn = reward_function(settings_for(url, retries=0, backoff_s=0.01))
         raw = await fn(prompts=prompts, completions=completions, image_num=[0, 0, 0], tools=[[], [], []])
         await fn.aclose()
         imputed_fn = reward_function(settings_for(url, retries=0), impute="group_mean")

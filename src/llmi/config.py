@@ -132,6 +132,10 @@ class JudgeSettings(_Section):
     concurrency: int = 8
     timeout_s: float = 120.0
     retries: int = 3
+    #: First wait between attempts, in seconds; doubled per retry (with jitter). A server's Retry-After wins.
+    backoff_s: float = Field(1.0, ge=0)
+    #: The longest any one wait may be, Retry-After included.
+    max_backoff_s: float = Field(30.0, ge=0)
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
 

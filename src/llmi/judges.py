@@ -299,8 +299,8 @@ class JudgeClient:
         settings: JudgeSettings,
         *,
         name: str = "judge",
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 30.0,
+        backoff_s: float | None = None,
+        max_backoff_s: float | None = None,
         client: Any = None,
         environ: Mapping[str, str] | None = None,
     ):
@@ -311,8 +311,8 @@ class JudgeClient:
             raise ConfigError(f"{name}: concurrency must be >= 1, got {settings.concurrency}")
         self.settings = settings
         self.name = name
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff_s = settings.backoff_s if backoff_s is None else backoff_s
+        self.max_backoff_s = settings.max_backoff_s if max_backoff_s is None else max_backoff_s
         self.stats = JudgeStats()
         self._model: str | None = settings.model or None
         self._model_lock = asyncio.Lock()

@@ -284,8 +284,6 @@ class RewardScorer:
         llm_judge: LLMJudge | None = None,
         mllm_judge: MLLMJudge | None = None,
         max_in_flight: int | None = None,
-        judge_backoff_s: float = 1.0,
-        judge_max_backoff_s: float = 30.0,
     ):
         self.settings = settings or Settings()
         self.config = config or RewardConfig()
@@ -295,7 +293,6 @@ class RewardScorer:
         self._cache = cache
         self._llm = llm_judge
         self._mllm = mllm_judge
-        self._backoff = (judge_backoff_s, judge_max_backoff_s)
         if max_in_flight is None:
             caps = self.settings.llm_judge.concurrency + self.settings.mllm_judge.concurrency
             max_in_flight = max(16, 4 * caps)
@@ -322,9 +319,7 @@ class RewardScorer:
 
     def _judge_client(self, name: str) -> JudgeClient:
         """A client for the ``[name]`` settings section, closed with the scorer."""
-        backoff_s, max_backoff_s = self._backoff
-        settings = getattr(self.settings, name)
-        client = JudgeClient(settings, name=name, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+        client = JudgeClient(getattr(self.settings, name), name=name)
         self._stack.push_async_callback(client.aclose)
         return client
 

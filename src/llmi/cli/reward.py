@@ -109,7 +109,6 @@ async def run_reward(
     retry_errors: bool = False,
     progress: bool = True,
     execute: Any = None,
-    judge_backoff_s: float = 1.0,
 ) -> dict[str, Any]:
     """Score IN into OUT (resuming); returns the scorer's stats as a dict."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -137,7 +136,7 @@ async def run_reward(
     ) as bar:
         task = bar.add_task("scoring", total=todo)
         async with RewardScorer(
-            settings, config=config, judges=judges, execute=execute, judge_backoff_s=judge_backoff_s
+            settings, config=config, judges=judges, execute=execute
         ) as scorer:
             async for i, result in scorer.score_many(samples()):
                 n, row = pending.pop(i)
