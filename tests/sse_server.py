@@ -69,6 +69,8 @@ class SSEServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.request_times: list[float] = []
+        #: Responses the client hung up on before the server finished writing them.
+        self.hangups = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.base_url = ""
@@ -196,6 +198,8 @@ class SSEServer:
                     server._handle(self)
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     self.close_connection = True
+                    with server._lock:
+                        server.hangups += 1
 
             do_GET = do_POST = _dispatch
 

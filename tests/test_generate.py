@@ -34,10 +34,15 @@ class FakeOptions(BackendOptions):
 class _Fake(Backend):
     Options = FakeOptions
     calls: ClassVar[list] = []
+    cancelled: ClassVar[list] = []
 
     async def run(self, request: ToolRequest) -> ToolResult:
         type(self).calls.append((time.perf_counter(), request))
-        await asyncio.sleep(self.options.latency_s)
+        try:
+            await asyncio.sleep(self.options.latency_s)
+        except asyncio.CancelledError:
+            _Fake.cancelled.append(request.description)
+            raise
         color = (10, 200, 10) if request.input_image is None else (200, 10, 200)
         return ToolResult(ImageData.from_bytes(make_png(16, 12, color)), {"model": f"fake-{self.tool}"})
 
@@ -59,6 +64,7 @@ def fakes():
     for cls in (FakeCode, FakeSearch, FakeEdit):
         registry.register(cls)
     _Fake.calls = []
+    _Fake.cancelled = []
     yield
     for cls in (FakeCode, FakeSearch, FakeEdit):
         registry.unregister(cls.tool, cls.name)
@@ -376,3 +382,120 @@ async def test_end_to_end_with_real_charts_and_the_local_library(tmp_path):
     chart, photo = doc.images
     assert chart.tool == "code" and chart.mime == "image/png" and chart.width > 200
     assert photo.tool == "search" and photo.width == 480
+
+
+# ------------------------------------------------------------------------------------------------
+# Stopping early: the consumer breaks out, or the run is cancelled (Ctrl-C)
+# ------------------------------------------------------------------------------------------------
+
+
+def _watch_loop_errors() -> list[dict]:
+    """What the loop reports through its exception handler ("Task was destroyed but it is pending!",
+    "Task exception was never retrieved", ...)."""
+    errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    return errors
+
+
+def _our_tasks() -> list[str]:
+    """Run tasks still alive besides the test itself."""
+    me = asyncio.current_task()
+    return [t.get_coro().__qualname__ for t in asyncio.all_tasks() if t is not me and not t.done()]
+
+
+async def _until(cond, timeout: float = 5.0) -> bool:
+    deadline = time.perf_counter() + timeout
+    while not cond():
+        if time.perf_counter() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+SLOW_THEN_LONG = [tag("code", "Slow chart", code="x"), "\n\n"] + [" word"] * 300
+
+
+async def test_breaking_out_of_the_stream_cancels_tools_and_hangs_up_on_the_llm():
+    import gc
+
+    errors = _watch_loop_errors()
+    with SSEServer(Script(content=SLOW_THEN_LONG, delay_s=0.02)) as srv:
+        async for ev in G.stream("Write", settings=settings_for(srv.base_url, latency=30.0)):
+            if isinstance(ev, ToolStarted):
+                break  # no aclose(): the generator is dropped, and asyncio's finaliser closes it
+        assert await _until(lambda: _Fake.cancelled == ["Slow chart"] and srv.hangups == 1), (
+            _Fake.cancelled, srv.hangups)
+        assert await _until(lambda: not _our_tasks()), _our_tasks()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors == []
+
+
+async def test_cancelling_a_run_cancels_tools_closes_the_stream_and_saves_the_trace(tmp_path):
+    import gc
+
+    errors = _watch_loop_errors()
+    started = asyncio.Event()
+    path = tmp_path / "t.json"
+    with SSEServer(Script(content=SLOW_THEN_LONG, delay_s=0.02)) as srv:
+        run = asyncio.ensure_future(G.agenerate(
+            "Write", settings=settings_for(srv.base_url, latency=30.0), trace_path=path,
+            on_event=lambda ev: isinstance(ev, ToolStarted) and started.set()))
+        await asyncio.wait_for(started.wait(), 10)
+        t0 = time.perf_counter()
+        run.cancel()  # what asyncio.run does to the main task on Ctrl-C
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert time.perf_counter() - t0 < 2.0
+        assert _Fake.cancelled == ["Slow chart"]
+        assert await _until(lambda: srv.hangups == 1)
+        assert not _our_tasks()
+    saved = json.loads(path.read_text())
+    assert saved["tool_calls"][0]["outcome"] == "pending" and saved["raw_response"].startswith("<imgen>")
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors == []
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _real_backends_available(), reason="code.sandbox not installed")
+async def test_cancelling_a_run_leaves_no_chart_processes(tmp_path, monkeypatch):
+    """A chart that never ends is running when the run is cancelled: its worker and the worker's forked
+    chart child must both be gone afterwards (the workers' temp folders, and so their command lines, are
+    under tmp_path, which tells them apart from other tests' workers)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    over = {"llm": {"model": "m"}, "tools": {"code": {"backends": ["sandbox"]}, "search": {"backends": []},
+                                             "edit": {"backends": []}, "diffusion": {"backends": []}},
+            "cache": {"enabled": False}}
+    forever = tag("code", "Forever", code="x = 0\nwhile True:\n    x += 1\n")
+    started = asyncio.Event()
+    with SSEServer(Script(content=[forever] + [" word"] * 300, delay_s=0.02)) as srv:
+        over["llm"]["base_url"] = srv.base_url
+        settings = load_settings(overrides=over, environ={})
+        run = asyncio.ensure_future(G.agenerate(
+            "Write", settings=settings, on_event=lambda ev: isinstance(ev, ToolStarted) and started.set()))
+        await asyncio.wait_for(started.wait(), 10)
+        # wait until the worker has forked the chart's child (two processes with our temp folder)
+        assert await _until(lambda: len(_processes_mentioning(str(tmp_path))) >= 2, 15), \
+            _processes_mentioning(str(tmp_path))
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    assert await _until(lambda: not _processes_mentioning(str(tmp_path)), 5), _processes_mentioning(str(tmp_path))

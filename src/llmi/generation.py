@@ -354,12 +354,14 @@ async def agenerate(
     """Run ``prompt`` and return the document. ``trace_path`` saves the trace there (also on failure)."""
     trace = trace if trace is not None else Trace()
     try:
-        async for ev in stream(prompt, images=images, settings=settings, llm=llm, engine=engine, cache=cache,
-                               system_prompt_file=system_prompt_file, trace=trace):
-            if on_event is not None:
-                on_event(ev)
-            if isinstance(ev, Done):
-                return ev.document
+        # aclosing: leaving on Done (or on an error) closes the stream now, not when it is garbage-collected.
+        async with aclosing(stream(prompt, images=images, settings=settings, llm=llm, engine=engine, cache=cache,
+                                   system_prompt_file=system_prompt_file, trace=trace)) as events:
+            async for ev in events:
+                if on_event is not None:
+                    on_event(ev)
+                if isinstance(ev, Done):
+                    return ev.document
     finally:
         if trace_path is not None:
             trace.save(trace_path)

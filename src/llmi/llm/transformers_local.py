@@ -7,9 +7,13 @@ tools — see the text while the model is still writing. Stopping the stream ear
 iterating) tells the generation thread to stop at the next token.
 
 A folder with a processor (``preprocessor_config.json`` / ``processor_config.json``) is treated as a
-vision-language model: when the user gives images, it is loaded with ``AutoModelForImageTextToText`` and
-its processor, and the images go into the chat as image parts. Otherwise the tokenizer's chat template
-is applied to plain text messages.
+vision-language model: it is loaded once with ``AutoModelForImageTextToText`` and its processor, whether
+or not this run has images — most VLM checkpoints (Llava, Qwen2-VL, ...) cannot be loaded as a plain
+causal LM, and loading the weights twice would double the memory. The user's images go into the last
+user message as image parts, every message in parts form, as processor templates expect. A folder whose
+processor turns out not to belong to an image-text model falls back to the text path. Otherwise the
+tokenizer's chat template is applied to plain text messages, and images are never sent (the caller tells
+the model it cannot see them; it can still edit them by index).
 
 ``[llm] extra_body.chat_template_kwargs`` is passed to ``apply_chat_template`` — the same knob vLLM
 reads, e.g. ``{"enable_thinking": false}`` for Qwen3.
@@ -44,7 +48,7 @@ class TransformersLLM(LLMBackend):
         self.settings = settings
         self.path = Path(settings.model_path).expanduser() if settings.model_path else None
         self.model = str(self.path or "")
-        self._loaded: dict[bool, tuple[Any, Any, Any]] = {}  # vision? -> (model, tokenizer-or-processor, decoder tok)
+        self._loaded: tuple[Any, Any, Any, bool] | None = None  # model, templater, tokenizer, vision
         self._load_lock = asyncio.Lock()
 
     @property
@@ -57,6 +61,8 @@ class TransformersLLM(LLMBackend):
 
     @property
     def supports_images(self) -> bool:
+        if self._loaded is not None and not self._loaded[3]:
+            return False  # it had a processor, but its model turned out to be text-only
         if self.settings.vision is not None:
             return bool(self.settings.vision) and self.is_vlm
         return self.is_vlm
@@ -82,35 +88,45 @@ class TransformersLLM(LLMBackend):
             return self.settings.device
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def _load(self, vision: bool) -> tuple[Any, Any, Any]:
+    def _load(self) -> tuple[Any, Any, Any, bool]:
         import transformers
 
         path = str(self.path)
+        model = None
         try:
-            if vision:
-                processor = transformers.AutoProcessor.from_pretrained(path)
-                model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
-                tokenizer = getattr(processor, "tokenizer", processor)
-                templater = processor
-            else:
+            if self.is_vlm:
+                try:
+                    model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+                except ValueError as exc:  # a processor folder whose model is not image-text: use it as text
+                    log.info("%s has a processor but no image-text model (%s); loading it as a text model",
+                             path, _short(exc))
+                if model is not None:
+                    processor = transformers.AutoProcessor.from_pretrained(path)
+                    tokenizer = getattr(processor, "tokenizer", None)
+                    if tokenizer is None or not hasattr(processor, "apply_chat_template"):
+                        raise ValueError(f"the processor {type(processor).__name__} has no tokenizer/chat template")
+                    vision, templater = True, processor
+            if model is None:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(path)
                 model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-                templater = tokenizer
-        except (OSError, ValueError, KeyError) as exc:
-            raise LLMError(f"cannot load the model in {path}: {exc}") from None
+                vision, templater = False, tokenizer
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LLMError(f"cannot load the model in {path}: {_short(exc)}") from None
         model.to(self._device())
         model.eval()
-        return model, templater, tokenizer
+        return model, templater, tokenizer, vision
 
-    async def _get(self, vision: bool) -> tuple[Any, Any, Any]:
+    async def _get(self) -> tuple[Any, Any, Any, bool]:
         async with self._load_lock:
-            if vision not in self._loaded:
-                log.info("loading %s model from %s", "vision-language" if vision else "causal LM", self.path)
-                self._loaded[vision] = await asyncio.to_thread(self._load, vision)
-            return self._loaded[vision]
+            if self._loaded is None:
+                log.info("loading the model in %s", self.path)
+                self._loaded = await asyncio.to_thread(self._load)
+            return self._loaded
 
     # -- prompting -------------------------------------------------------------------------------
-    def _inputs(self, templater: Any, messages: Sequence[Message], images: Sequence["ImageData"]) -> tuple[Any, bool]:
+    def _inputs(
+        self, templater: Any, messages: Sequence[Message], images: Sequence["ImageData"], *, parts: bool
+    ) -> tuple[Any, bool]:
         kwargs = dict(self.settings.extra_body.get("chat_template_kwargs") or {})
         chat: list[dict[str, Any]] = [dict(m) for m in messages]
         if images:
@@ -121,7 +137,7 @@ class TransformersLLM(LLMBackend):
                         {"type": "text", "text": m["content"]}
                     ]
                     break
-            # Processors' templates want every message in parts form.
+        if parts:  # processors' templates want every message in parts form
             for m in chat:
                 if isinstance(m["content"], str):
                     m["content"] = [{"type": "text", "text": m["content"]}]
@@ -156,10 +172,12 @@ class TransformersLLM(LLMBackend):
         import transformers
 
         await self.prepare()
-        vision = bool(images) and self.supports_images
-        model, templater, tokenizer = await self._get(vision)
-        inputs, starts_in_think = self._inputs(templater, messages, images if vision else ())
-        inputs = inputs.to(model.device)
+        model, templater, tokenizer, vision = await self._get()
+        send = list(images) if vision and self.supports_images else []
+        if images and not send:
+            log.info("%s cannot see images; %d image(s) not sent", self.path, len(images))
+        inputs, starts_in_think = self._inputs(templater, messages, send, parts=vision)
+        inputs = _to_model(inputs, model)
         n_prompt = int(inputs["input_ids"].shape[-1])
 
         loop = asyncio.get_running_loop()
@@ -220,4 +238,21 @@ class TransformersLLM(LLMBackend):
         }
 
     async def aclose(self) -> None:
-        self._loaded.clear()
+        self._loaded = None
+
+
+def _to_model(inputs: Any, model: Any) -> Any:
+    """Move the prompt tensors to the model's device; image tensors also take its dtype (a bf16 model on a
+    GPU must not be fed float32 pixels). Integer tensors (ids, masks, grids) keep theirs."""
+    out = {}
+    for k, v in inputs.items():
+        if hasattr(v, "to"):
+            v = v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
+        out[k] = v
+    return out
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """transformers' errors can list every supported config class; keep the first line, capped."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
