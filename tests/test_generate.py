@@ -499,3 +499,41 @@ async def test_cancelling_a_run_leaves_no_chart_processes(tmp_path, monkeypatch)
         with pytest.raises(asyncio.CancelledError):
             await run
     assert await _until(lambda: not _processes_mentioning(str(tmp_path)), 5), _processes_mentioning(str(tmp_path))
+
+
+async def test_a_hundred_tags_respect_tool_concurrency_and_keep_order():
+    response = "".join(f"Paragraph {i}.\n" + tag("search", f"photo {i}", query=f"q{i}") + "\n" for i in range(100))
+    settings = settings_for("http://unused", latency=0.01)
+    settings.tools["search"].concurrency = 3
+    running = peak = 0
+    original = FakeSearch.run
+
+    async def counting(self, request):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            return await original(self, request)
+        finally:
+            running -= 1
+
+    FakeSearch.run = counting
+    try:
+        with SSEServer(Script(content=split_every(response, 13))) as srv:
+            settings.llm.base_url = srv.base_url
+            doc = await G.agenerate("Write a lot", settings=settings)
+    finally:
+        FakeSearch.run = original
+    assert len(doc.images) == 100 and peak == 3
+    assert [b.description for b in doc.slots] == [f"photo {i}" for i in range(100)]
+    assert doc.text.startswith("Paragraph 0.") and "Paragraph 99." in doc.text
+
+
+async def test_a_tag_the_model_never_closes_is_a_failure_and_the_rest_is_kept():
+    response = "Intro.\n" + tag("code", "C", code="x") + "\nAnd then <imgen>{\"source\": \"search\", \"description\": \"d\""
+    with SSEServer(Script(content=split_every(response, 5))) as srv:
+        doc = await G.agenerate("Write", settings=settings_for(srv.base_url))
+    assert [b.type for b in doc.slots] == ["image", "failure"]
+    assert doc.slots[1].kind == "unclosed_tag"
+    assert [v.kind for v in doc.violations] == ["unclosed_tag"]
+    assert doc.text == "Intro.\n\nAnd then "
