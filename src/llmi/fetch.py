@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import socket
 import warnings
+import zlib
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Awaitable, Callable, Iterable
@@ -54,6 +55,25 @@ METADATA_ADDRESSES = frozenset(
               "192.0.0.192")
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: Where IPv6 hides an IPv4 address in its low 32 bits besides the stdlib's mapped/6to4/Teredo: the
+#: deprecated IPv4-compatible form (``::127.0.0.1``), SIIT's IPv4-translated form (``::ffff:0:a.b.c.d``)
+#: and the well-known NAT64 prefix.
+_LOW32_EMBEDDING = (_NAT64, ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))
+#: Public unicast IPv6 lives in 2000::/3; everything else is loopback, link-local, ULA, multicast,
+#: reserved or not yet allocated. Checked explicitly because the stdlib's ``is_global`` tables are
+#: incomplete before Python 3.11.10/3.12.4 (e.g. they call ``::127.0.0.1`` and ``64:ff9b:1::/48`` global).
+_IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+#: Special-purpose ranges (IANA registries) that are never a public web server, whatever Python says.
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16", "fc00::/7",
+        "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)
 _REDIRECTS = (301, 302, 303, 307, 308)
 _OK_CONTENT_TYPES = ("application/octet-stream", "binary/octet-stream")
 
@@ -61,15 +81,17 @@ _OK_CONTENT_TYPES = ("application/octet-stream", "binary/octet-stream")
 def unsafe_reason(addr: IPAddress) -> str | None:
     """Why ``addr`` must not be contacted, or None if it is an ordinary public address."""
     if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:  # fe80::1%eth0: a zone only means something for link-local addresses
+            addr = ipaddress.IPv6Address(str(addr).split("%", 1)[0])
         embedded = addr.ipv4_mapped or addr.sixtofour
-        if embedded is None and addr in _NAT64:
+        if embedded is None and any(addr in net for net in _LOW32_EMBEDDING) and int(addr) > 1:
             embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
         if embedded is None and addr.teredo:
             embedded = addr.teredo[1]
         if embedded is not None:
             inner = unsafe_reason(embedded)
             if inner:
-                return f"{inner} (embedded in {addr})"
+                return f"{inner} ({embedded} embedded in {addr})"
     if addr in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if addr.is_loopback:
@@ -82,9 +104,59 @@ def unsafe_reason(addr: IPAddress) -> str | None:
         return "a link-local address"
     if addr.is_private:
         return "a private address"
-    if not addr.is_global:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local:
+        return "a site-local address"
+    if not addr.is_global or addr.is_reserved or any(addr in net for net in _NOT_PUBLIC):
         return "a non-public (reserved or shared) address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr not in _IPV6_GLOBAL_UNICAST:
+        return "a non-public (reserved or unallocated) address"
     return None
+
+
+def numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a host written in a legacy numeric notation stands for, or None for a name.
+
+    ``inet_aton`` — and so the system resolver and every browser (WHATWG URL "IPv4 parser") — reads
+    ``2130706433``, ``0x7f.1``, ``0177.0.0.1`` and ``127.1`` as 127.0.0.1. The fetcher treats such a
+    host as the literal it is, instead of leaving its meaning to whichever resolver is plugged in.
+    Raises :class:`UnsafeURLError` for a host that looks numeric but is not a valid address
+    (``1.2.3.999``), which a resolver might otherwise interpret in its own way.
+    """
+    parts = host.split(".")
+    if parts and parts[-1] == "":
+        parts.pop()
+    if not parts or not _looks_numeric(parts[-1]):
+        return None
+    try:
+        if len(parts) > 4:
+            raise ValueError("too many parts")
+        nums = [_ipv4_part(p) for p in parts]
+        last_bits = 8 * (5 - len(nums))
+        if any(n > 255 for n in nums[:-1]) or nums[-1] >= 1 << last_bits:
+            raise ValueError("part out of range")
+        value = nums[-1]
+        for i, n in enumerate(nums[:-1]):
+            value |= n << (8 * (3 - i))
+        return ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise UnsafeURLError(f"host {host!r} looks like an IPv4 address but is not one ({exc})",
+                             kind="unsafe_url") from exc
+
+
+def _looks_numeric(part: str) -> bool:
+    if part.isdigit() and part.isascii():
+        return True
+    return part[:2].lower() == "0x" and all(c in "0123456789abcdefABCDEF" for c in part[2:])
+
+
+def _ipv4_part(part: str) -> int:
+    if not part or not part.isascii():
+        raise ValueError(f"bad part {part!r}")
+    if part[:2].lower() == "0x":
+        return int(part[2:] or "0", 16)
+    if len(part) > 1 and part[0] == "0":
+        return int(part[1:], 8)
+    return int(part, 10)
 
 
 @dataclass(frozen=True)
@@ -156,7 +228,13 @@ async def system_resolver(host: str) -> list[str]:
 
 
 def _short(url: object, limit: int = 160) -> str:
+    """A URL for messages and logs: without its query string or fragment (signed image URLs carry
+    short-lived credentials there, e.g. ``?sig=``/``X-Amz-Signature=``) and cut to ``limit`` characters."""
     s = str(url)
+    for sep in ("?", "#"):
+        head, found, _ = s.partition(sep)
+        if found:
+            s = head + sep + "…"
     return s if len(s) <= limit else s[:limit] + "…"
 
 
@@ -224,7 +302,9 @@ class SafeFetcher:
             # Connections are keyed by IP here; never reuse one for a different host name (SNI).
             limits=httpx.Limits(max_keepalive_connections=0),
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            headers={"User-Agent": self.settings.user_agent, "Accept": "image/*"},
+            # Images are compressed already; asking for no content coding keeps a gzip bomb away from
+            # honest servers, and _read_capped decodes (bounded) what others send anyway.
+            headers={"User-Agent": self.settings.user_agent, "Accept": "image/*", "Accept-Encoding": "identity"},
         )
 
     async def aclose(self) -> None:
@@ -280,7 +360,7 @@ class SafeFetcher:
         try:
             literal: IPAddress | None = ipaddress.ip_address(host)
         except ValueError:
-            literal = None
+            literal = numeric_ipv4(host)
         if literal is not None:
             addresses = [str(literal)]
         else:
@@ -379,19 +459,34 @@ class SafeFetcher:
         )
 
     async def _read_capped(self, resp: httpx.Response, url: httpx.URL) -> bytes:
+        """The body, decoded, never more than ``max_bytes`` of it — neither on the wire nor after decoding.
+
+        httpx's own decoders inflate a whole network chunk at once (a 700-byte ``gzip, gzip`` body becomes
+        hundreds of MB in one call), so the raw bytes are read here and inflated with an output bound.
+        """
         cap = self.settings.max_bytes
         declared = resp.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cap:
             raise UnsafeURLError(
                 f"{_short(url)} is {int(declared)} bytes, above the {cap}-byte limit", kind="too_large"
             )
+        if resp.is_stream_consumed:  # an in-memory transport (tests, embedding) decoded it already
+            decoder, chunks = _BoundedDecoder(None), _one(resp.content)
+        else:
+            decoder, chunks = _BoundedDecoder.for_response(resp, url), resp.aiter_raw()
         buf = bytearray()
+        received = 0
         sniffed = False
         try:
-            async for chunk in resp.aiter_bytes():
-                buf += chunk
-                if len(buf) > cap:
+            async for raw in chunks:
+                received += len(raw)
+                if received > cap:
                     raise UnsafeURLError(f"{_short(url)} is larger than the {cap}-byte limit", kind="too_large")
+                buf += decoder.feed(raw, cap + 1 - len(buf))
+                if len(buf) > cap:
+                    raise UnsafeURLError(
+                        f"{_short(url)} is larger than the {cap}-byte limit once decoded", kind="too_large"
+                    )
                 if not sniffed and len(buf) >= 16:
                     sniffed = True
                     if sniff_mime(bytes(buf[:16])) is None:  # stop early: not an image at all
@@ -404,3 +499,53 @@ class SafeFetcher:
                 f"download of {_short(url)} broke off: {type(exc).__name__}", kind="connection_error"
             ) from exc
         return bytes(buf)
+
+
+async def _one(data: bytes):
+    yield data
+
+
+class _BoundedDecoder:
+    """Undoes one ``Content-Encoding`` (gzip or deflate), producing at most a given number of bytes per call.
+
+    Stacked encodings (``gzip, gzip``) and the rest (br, zstd, compress) are refused: llmi asks for
+    ``identity``, and only a hostile or broken server answers an image request with a layered encoding.
+    """
+
+    def __init__(self, encoding: str | None):
+        self.encoding = encoding
+        self._z = None
+        if encoding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj(zlib.MAX_WBITS)
+        self._first = True
+
+    @classmethod
+    def for_response(cls, resp: httpx.Response, url: httpx.URL) -> "_BoundedDecoder":
+        raw = resp.headers.get_list("content-encoding", split_commas=True)
+        codings = [c.strip().lower() for c in raw if c.strip() and c.strip().lower() != "identity"]
+        if not codings:
+            return cls(None)
+        if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+            return cls(codings[0])
+        raise ToolError(
+            f"{_short(url)} is sent with Content-Encoding {', '.join(codings)[:60]!r}, which llmi does not "
+            "decode for images (it asks for identity)",
+            kind="bad_response",
+        )
+
+    def feed(self, data: bytes, limit: int) -> bytes:
+        """Decode ``data`` into at most ``limit`` bytes. Input beyond that stays undecoded: the caller
+        refuses the body as soon as it has ``limit`` bytes, so it is never needed."""
+        if self._z is None:
+            return data
+        if self.encoding == "deflate" and self._first and len(data) >= 2:
+            # "deflate" is officially zlib-wrapped; some servers send raw deflate instead.
+            if (data[0] & 0x0F) != 8 or ((data[0] << 8) | data[1]) % 31:
+                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._first = False
+        try:
+            return self._z.decompress(data, max(1, limit))
+        except zlib.error as exc:
+            raise ToolError(f"the {self.encoding} body does not decode: {exc}", kind="invalid_image") from exc

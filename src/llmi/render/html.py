@@ -95,7 +95,8 @@ def markdown_to_safe_html(text: str) -> str:
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    # NUL is not a character an HTML document may contain; browsers differ in what they make of it.
+    return html.escape(str(value), quote=True).replace("\0", "\ufffd")
 
 
 def _image_src(block: ImageBlock) -> tuple[str, int, int] | None:

@@ -46,34 +46,43 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
 def escape_inline(text: Any) -> str:
     """Plain text for one line of Markdown: whitespace collapsed, every syntax character backslash-escaped."""
-    return _INLINE_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _INLINE_SPECIAL.sub(r"\\\1", " ".join(str(text).replace("\0", "\ufffd").split()))
 
 
 def _escape_html_outside_code_spans(text: str) -> str:
-    """Write ``<`` of HTML-looking tags as ``&lt;``, leaving code spans and safe autolinks untouched."""
+    """Write ``<`` of HTML-looking tags as ``&lt;``, leaving code spans and safe autolinks untouched.
+
+    A code span runs from a backtick run to the next run of exactly the same length; a run without such
+    a partner is literal text (CommonMark 6.1). The partner is looked up in a per-length index rather
+    than by scanning ahead, so text made of many unmatched runs (hostile or not) stays linear — a scan
+    per run made 300 kB of such text take over ten seconds.
+    """
+    runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(text)]
+    by_length: dict[int, list[int]] = {}
+    for i, (a, b) in enumerate(runs):
+        by_length.setdefault(b - a, []).append(i)
+    cursor: dict[int, int] = {}  # per length: first entry of by_length[length] not yet passed
     out: list[str] = []
     pos = 0
-    n = len(text)
-    while pos < n:
-        tick = _BACKTICKS.search(text, pos)
-        chunk_end = tick.start() if tick else n
-        out.append(_escape_html_plain(text[pos:chunk_end]))
-        if tick is None:
-            break
-        # A code span runs to the next backtick run of exactly the same length; otherwise the
-        # backticks are literal text (CommonMark 6.1).
-        run = tick.group()
-        close = None
-        for m in _BACKTICKS.finditer(text, tick.end()):
-            if len(m.group()) == len(run):
-                close = m
-                break
-        if close is None:
-            out.append(run)
-            pos = tick.end()
+    i = 0
+    while i < len(runs):
+        start, end = runs[i]
+        out.append(_escape_html_plain(text[pos:start]))
+        same = by_length[end - start]
+        k = cursor.get(end - start, 0)
+        while k < len(same) and same[k] <= i:
+            k += 1
+        cursor[end - start] = k
+        if k == len(same):  # no closing run: the backticks are literal text
+            out.append(text[start:end])
+            pos = end
+            i += 1
         else:
-            out.append(text[tick.start() : close.end()])
-            pos = close.end()
+            j = same[k]
+            out.append(text[start : runs[j][1]])
+            pos = runs[j][1]
+            i = j + 1
+    out.append(_escape_html_plain(text[pos:]))
     return "".join(out)
 
 
@@ -126,7 +135,12 @@ def _code_line_ranges(text: str) -> tuple[list[tuple[int, int]], str | None]:
 
 
 def prepare_text(text: str, *, escape_html: bool = True) -> str:
-    """A text block as Markdown to write: raw HTML neutralised outside code, open fences closed."""
+    """A text block as Markdown to write: raw HTML neutralised outside code, open fences closed.
+
+    NUL becomes U+FFFD first, as CommonMark reads it: a viewer that dropped it instead would see
+    ``<\\0script>`` turn into ``<script>`` after the escaping here had let it pass as "not a tag".
+    """
+    text = text.replace("\0", "\ufffd")
     ranges, missing_close = _code_line_ranges(text)
     if escape_html:
         lines = text.split("\n")

@@ -444,11 +444,7 @@ def _collect(cfg: dict[str, Any], pid: int, r: int, started: float) -> tuple[dic
         return {"ok": False, "kind": verdict[0], "reason": verdict[1]}, b""
     frame = parse_child_output(bytes(buf))
     if frame is not None and isinstance(frame[0].get("ok"), bool):
-        header, payload = frame
-        out = {"ok": header["ok"], "kind": str(header.get("kind", ""))[:40],
-               "reason": str(header.get("reason", ""))[:2000],
-               "warnings": [str(x)[:200] for x in header.get("warnings", [])][:5] if isinstance(header.get("warnings"), list) else []}
-        return out, payload if header["ok"] else b""
+        return _vet_child_answer(cfg, *frame)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         kind, what = _SIGNAL_KINDS.get(sig, ("code_error", "crashed"))
@@ -460,6 +456,38 @@ def _collect(cfg: dict[str, Any], pid: int, r: int, started: float) -> tuple[dic
     detail = "with a malformed answer" if buf else "without an answer"
     return {"ok": False, "kind": "code_error",
             "reason": f"the chart process exited (status {code}) {detail}; do not call sys.exit/os._exit"}, b""
+
+
+#: The kinds a chart child may report. The child runs LLM code, so its answer is forged at will: a kind
+#: outside this set (say ``rate_limited``, which would invite retries) is reported as ``code_error``.
+CHILD_KINDS = frozenset({"code_error", "no_figure", "timeout", "memory_limit", "output_too_large",
+                         "sandbox_violation", "sandbox_unavailable"})
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _vet_child_answer(cfg: dict[str, Any], header: dict[str, Any], payload: bytes) -> tuple[dict, bytes]:
+    """Turn a child's self-reported answer into what the worker passes on, trusting none of it.
+
+    The payload must be a PNG no larger than ``max_output_bytes`` (the pool treats a bigger frame as a
+    broken worker and would restart it — a forged frame must not cost a worker); the kind must be one a
+    chart can legitimately end with; strings are cut to size.
+    """
+    ok = header["ok"]
+    kind = str(header.get("kind", ""))[:40]
+    if not ok and kind not in CHILD_KINDS:
+        kind = "code_error"
+    warnings = header.get("warnings")
+    out = {"ok": ok, "kind": kind if not ok else "", "reason": str(header.get("reason", ""))[:2000],
+           "warnings": [str(x)[:200] for x in warnings][:5] if isinstance(warnings, list) else []}
+    if not ok:
+        return out, b""
+    if len(payload) > cfg["max_output_bytes"]:
+        return {"ok": False, "kind": "output_too_large",
+                "reason": f"the chart sent back more than {cfg['max_output_bytes']} bytes"}, b""
+    if not payload.startswith(_PNG_MAGIC):
+        return {"ok": False, "kind": "code_error",
+                "reason": "the chart process sent back something that is not a PNG"}, b""
+    return out, payload
 
 
 def reset_job_dir(cfg: dict[str, Any]) -> None:
