@@ -101,7 +101,11 @@ class SSEServer:
         length = int(h.headers.get("content-length") or 0)
         raw = h.rfile.read(length) if length else b""
         if self.api_key is not None and h.headers.get("authorization") != f"Bearer {self.api_key}":
-            self._send_json(h, 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+            given = (h.headers.get("authorization") or "").removeprefix("Bearer ")
+            masked = given[:3] + "*" * 8 + given[-4:] if len(given) > 8 else "****"
+            self._send_json(h, 401, {"error": {"message": f"Incorrect API key provided: {masked}. You can find "
+                                                          "your API key at https://platform.openai.com/account/api-keys.",
+                                               "type": "invalid_request_error",
                                                "code": "invalid_api_key"}})
             return
         path = h.path.split("?")[0]

@@ -112,6 +112,7 @@ async def test_401_names_the_key_variable_and_never_shows_the_key():
             await collect(llm)
         assert "401" in str(info.value) and "LLMI_API_KEY" in str(info.value)
         assert "sk-wrong-secret-123" not in str(info.value)
+        assert "sk-" not in str(info.value) and "-123" not in str(info.value)  # not even the masked echo
         assert len(srv.requests) == 0  # refused before the body was read into requests
         ok = llm_for(srv, model="m", api_key="right-key")
         assert await collect(ok) == "ok"
@@ -204,3 +205,18 @@ async def test_timeout_is_an_llm_error(monkeypatch):
             await collect(llm)
         assert time.perf_counter() - t0 < 0.9
         await llm.aclose()
+
+
+async def test_openai_key_from_the_environment_goes_only_to_openai(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-secret-for-openai-only")
+    with SSEServer(Script(content=["ok"])) as srv:
+        llm = llm_for(srv, model="m")
+        assert await collect(llm) == "ok"
+        await llm.aclose()
+        assert srv.headers[0]["authorization"] == "Bearer EMPTY"
+    assert create_llm(LLMSettings(base_url="https://api.openai.com/v1"))._api_key() == "sk-env-secret-for-openai-only"
+
+
+def test_messages_and_traces_show_the_server_without_credentials():
+    llm = create_llm(LLMSettings(base_url="https://user:pw@gateway.example/v1?api-key=SECRET"))
+    assert llm.where == "https://gateway.example/v1"

@@ -240,8 +240,20 @@ async def test_memory_bomb(backend):
     await attack(backend, code, {"memory_limit"})
 
 
-async def test_cpu_loop(backend):
-    err = await attack(backend, "while True:\n    pass", {"timeout"})
+@pytest.fixture(scope="module")
+def cpu_backend():
+    """CPU seconds well below the wall-clock limit, so the CPU limit fires first even on a loaded machine."""
+    settings = Settings()
+    for key, value in {"workers": 1, "wall_s": 30.0, "cpu_s": 1, "memory_mb": 1024}.items():
+        setattr(settings.sandbox, key, value)
+    b = SandboxChartBackend(SandboxOptions(), BackendContext(settings=settings, http=None, fetcher=None))
+    yield b
+    if b._pool is not None:
+        b._pool.close()
+
+
+async def test_cpu_loop(cpu_backend):
+    err = await attack(cpu_backend, "while True:\n    pass", {"timeout"})
     assert "CPU" in str(err)
 
 

@@ -68,6 +68,19 @@ class FailureBlock:
 Block = Union[TextBlock, ImageBlock, FailureBlock]
 
 
+def _inside(base_dir: str, rel: str) -> str:
+    """``base_dir/rel``, refusing absolute paths and ``..`` that leave ``base_dir`` (symlinks included)."""
+    import os
+
+    if not isinstance(rel, str) or os.path.isabs(rel):
+        raise ValueError(f"image path {rel!r} must be relative to the document")
+    base = os.path.realpath(base_dir)
+    path = os.path.realpath(os.path.join(base, rel))
+    if os.path.commonpath([base, path]) != base:
+        raise ValueError(f"image path {rel!r} leaves the document's folder")
+    return path
+
+
 @dataclass
 class Document:
     """Blocks in reading order, the protocol violations found in the response, and the user's images."""
@@ -151,8 +164,11 @@ class Document:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, base_dir: str | None = None) -> "Document":
-        """Inverse of :meth:`to_dict` (``path`` entries are read relative to ``base_dir``)."""
-        import os
+        """Inverse of :meth:`to_dict`. ``path`` entries are read relative to ``base_dir`` and must stay
+        inside it; image bytes are validated (type and size come from the bytes, not from the JSON).
+        Raises ValueError for a malformed document, ToolError for an unusable image, OSError for an
+        unreadable file.
+        """
 
         blocks: list[Block] = []
         for b in d.get("blocks", []):
@@ -161,11 +177,9 @@ class Document:
                 blocks.append(TextBlock(b["text"]))
             elif t == "image":
                 if "data_base64" in b:
-                    data = base64.b64decode(b["data_base64"])
+                    img = ImageData.from_bytes(base64.b64decode(b["data_base64"]))
                 else:
-                    with open(os.path.join(base_dir or ".", b["path"]), "rb") as f:
-                        data = f.read()
-                img = ImageData(data=data, mime=b["mime"], width=b["width"], height=b["height"])
+                    img = ImageData.from_file(_inside(base_dir or ".", b["path"]))
                 blocks.append(
                     ImageBlock(
                         image=img,

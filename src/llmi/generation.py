@@ -143,18 +143,15 @@ def load_images(items: Sequence[ImageInput], *, max_pixels: int | None = None) -
         if isinstance(item, ImageData):
             out.append(item)
             continue
-        label = f"image {i}"
-        if isinstance(item, (bytes, bytearray)):
-            data = bytes(item)
-        else:
-            label = str(item)
-            try:
-                data = Path(item).expanduser().read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read input image {label}: {exc.strerror or exc}") from None
+        label = f"image {i}" if isinstance(item, (bytes, bytearray)) else str(item)
+        kw = {"max_pixels": max_pixels} if max_pixels else {}
         try:
-            kw = {"max_pixels": max_pixels} if max_pixels else {}
-            out.append(ImageData.from_bytes(data, **kw))
+            if isinstance(item, (bytes, bytearray)):
+                out.append(ImageData.from_bytes(bytes(item), **kw))
+            else:
+                out.append(ImageData.from_file(Path(item).expanduser(), **kw))
+        except OSError as exc:
+            raise InputError(f"cannot read input image {label}: {exc.strerror or exc}") from None
         except ToolError as exc:
             raise InputError(f"input image {label} is not usable: {exc}") from None
     return out

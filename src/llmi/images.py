@@ -20,6 +20,12 @@ _MAGIC = (
 
 #: Default ceiling on decoded pixels; above it an image is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 64_000_000
+#: Default ceiling on the size of an image file read from disk.
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+#: The Pillow decoders llmi lets near untrusted bytes (the formats of ``_MAGIC``).
+_PIL_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
 
 def sniff_mime(data: bytes) -> str | None:
@@ -66,7 +72,7 @@ class ImageData:
             head = data[:40].decode("latin-1", "replace").strip()
             raise ToolError(f"not an image (starts with {head!r})", kind="invalid_image")
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise ToolError(
@@ -92,6 +98,33 @@ class ImageData:
                 kind="image_too_large",
             )
         return cls(data=data, mime=mime, width=width, height=height)
+
+    @classmethod
+    def from_file(cls, path, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImageData":
+        """Read and validate an image file. Only regular files up to ``max_bytes`` are read, so a path
+        such as ``/dev/zero`` or a FIFO fails at once instead of exhausting memory or hanging.
+
+        Raises ``OSError`` when the file cannot be read and :class:`ToolError` when it is no usable image.
+        """
+        import os
+        import stat
+
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ToolError(f"{path} is not a regular file", kind="invalid_image")
+            if st.st_size > max_bytes:
+                raise ToolError(f"{path} is {st.st_size} bytes, above the {max_bytes} byte limit", kind="image_too_large")
+            with os.fdopen(fd, "rb", closefd=True) as f:
+                fd = -1
+                data = f.read(max_bytes + 1)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if len(data) > max_bytes:
+            raise ToolError(f"{path} is above the {max_bytes} byte limit", kind="image_too_large")
+        return cls.from_bytes(data, max_pixels=max_pixels)
 
     @classmethod
     def from_pil(cls, image, format: str = "PNG") -> "ImageData":

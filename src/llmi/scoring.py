@@ -137,11 +137,9 @@ def load_image(ref: Any, base_dir: str | os.PathLike | None = None) -> ImageData
                 return ImageData.from_bytes(data)
             path = ref if base_dir is None or os.path.isabs(ref) else os.path.join(base_dir, ref)
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
+                return ImageData.from_file(path)
             except OSError as exc:
                 raise InputError(f"cannot read image {ref!r}: {exc.strerror or exc}") from exc
-            return ImageData.from_bytes(data)
         if hasattr(ref, "save") and hasattr(ref, "width"):  # a PIL image (TRL vision datasets)
             return ImageData.from_pil(ref)
     except ToolError as exc:
@@ -179,7 +177,7 @@ def sample_from_row(row: Any, base_dir: str | os.PathLike | None = None) -> Samp
     if row.get("document") is not None:
         try:
             document = Document.from_dict(row["document"], base_dir=str(base_dir) if base_dir else None)
-        except (KeyError, TypeError, ValueError, OSError) as exc:
+        except (KeyError, TypeError, ValueError, OSError, ToolError) as exc:
             return Sample.invalid(f"document is not a valid llmi document: {type(exc).__name__}: {exc}")
     split = row.get("split") or "train"
     return Sample(

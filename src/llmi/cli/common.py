@@ -1,25 +1,74 @@
-"""What the subcommands share: loading settings and inputs, and turning errors into one-line exits."""
+"""What the subcommands share: loading settings and inputs, and turning errors into one-line exits.
+
+Every message that may contain text we did not write (a path, a model's description, an exception's
+text) is printed with Rich markup off: ``[backends.search.local]`` or ``llmi[local]`` would otherwise be
+taken for style tags and silently vanish, and an unbalanced ``[/x]`` would crash the command.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import ConfigError, InputError, LLMIError
 
 #: Progress, tool lines and errors go to stderr; stdout stays free for the document text.
 console = Console(stderr=True)
 
+#: A response larger than this is refused: no LLM writes 64 MiB, and reading /dev/zero must not eat memory.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: User images larger than this are refused before they are read (fetched images stop at 20 MB).
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+_IMAGE_TYPES = "PNG, JPEG, GIF, WEBP or BMP"
+
+
+def one_line(message: str) -> str:
+    """Collapse a multi-line message (pydantic lists its errors on several lines) into one line."""
+    parts = [p.strip() for p in str(message).splitlines() if p.strip()]
+    parts = [p for p in parts if not p.startswith("For further information visit")]
+    return " ".join(parts)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an llmi error; a wrapped pydantic ValidationError is shown as ``where: what`` pairs."""
+    from pydantic import ValidationError
+
+    cause = exc.__cause__
+    if isinstance(cause, ValidationError):
+        head = str(exc).split("\n", 1)[0].rstrip(":")
+        items = []
+        for err in cause.errors():
+            where = ".".join(str(x) for x in err.get("loc", ())) or "(top level)"
+            what = "unknown key (misspelt?)" if err.get("type") == "extra_forbidden" else err.get("msg", "")
+            items.append(f"{where}: {what}")
+        return f"{head}: " + "; ".join(items)
+    return one_line(str(exc))
+
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    line = Text("error: ", style="bold red")
+    line.append(one_line(message))
+    console.print(line, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    line = Text("warning: ", style="yellow")
+    line.append(one_line(message))
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    """A plain status line (markup off, never wrapped: a piped log keeps one line per message)."""
+    console.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -28,7 +77,7 @@ def errors_as_exit() -> Iterator[None]:
     try:
         yield
     except (ConfigError, InputError, LLMIError) as exc:
-        fail(str(exc))
+        fail(describe_error(exc))
     except KeyboardInterrupt:
         fail("interrupted", 130)
 
@@ -39,7 +88,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
     )
 
 
@@ -49,35 +98,70 @@ def load(config: Path | None, overrides: dict[str, Any] | None = None):
     return load_settings(config, overrides=overrides)
 
 
+def _read_capped(path: Path, what: str, limit: int) -> bytes:
+    """Read a regular file (or a pipe) but never more than ``limit`` bytes: a directory, a device such as
+    /dev/zero or a runaway file is refused with a reason instead of hanging or filling memory."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{what} {path} is a folder, not a file")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise InputError(f"{what} {path} is not a regular file")
+    if st.st_size > limit:
+        raise InputError(
+            f"{what} {path} is too large ({st.st_size / 2**20:.0f} MiB; the limit is {limit // 2**20} MiB)"
+        )
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InputError(f"{what} {path} is too large (the limit is {limit // 2**20} MiB)")
+    return data
+
+
 def read_images(paths: list[Path] | None) -> list:
     """Read and validate the user's input images (an unreadable one is an InputError)."""
-    from ..images import ImageData
     from ..errors import ToolError
+    from ..images import ImageData, sniff_mime
 
     out = []
     for p in paths or []:
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read input image {p}: {exc.strerror or exc}") from exc
+        data = _read_capped(p, "input image", MAX_IMAGE_BYTES)
+        if not data:
+            raise InputError(f"input image {p} is empty")
+        if sniff_mime(data) is None:
+            raise InputError(f"input image {p} is not a {_IMAGE_TYPES} image")
         try:
             out.append(ImageData.from_bytes(data))
         except ToolError as exc:
-            raise InputError(f"input image {p} is not usable: {exc}") from exc
+            raise InputError(f"input image {p} is not usable: {one_line(str(exc))}") from exc
     return out
 
 
 def read_text(path: Path) -> str:
+    """The response text from a file or, for ``-``, from stdin (both capped at MAX_RESPONSE_BYTES)."""
     if str(path) == "-":
-        return sys.stdin.read()
+        if sys.stdin.isatty():
+            info("reading the response from stdin; end it with Ctrl-D")
+        data = sys.stdin.buffer.read(MAX_RESPONSE_BYTES + 1)
+        where = "the response on stdin"
+        if len(data) > MAX_RESPONSE_BYTES:
+            raise InputError(f"{where} is too large (the limit is {MAX_RESPONSE_BYTES // 2**20} MiB)")
+    else:
+        data = _read_capped(path, "response file", MAX_RESPONSE_BYTES)
+        where = f"response file {path}"
+    if b"\x00" in data:
+        raise InputError(f"{where} is binary, not text (it contains NUL bytes)")
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"response file {path} does not exist") from None
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"response file {path} is not UTF-8 text: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read response file {path}: {exc.strerror or exc}") from None
+        raise InputError(f"{where} is not UTF-8 text (invalid byte at offset {exc.start})") from None
 
 
 OUTPUT_FORMATS = (".html", ".htm", ".md", ".json")
@@ -87,5 +171,9 @@ def check_output_path(path: Path) -> None:
     """Fail before any work is done if the output format is unknown or its folder is missing."""
     if path.suffix.lower() not in OUTPUT_FORMATS:
         raise InputError(f"cannot tell the output format of {path}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if path.is_dir():
+        raise InputError(f"the output {path} is a folder")
     if not path.parent.exists():
         raise InputError(f"the folder of {path} does not exist")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent} is not a folder")

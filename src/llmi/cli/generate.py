@@ -28,7 +28,7 @@ from .progress import ToolProgress
 def generate_cmd(
     prompt: str = typer.Argument(..., help="what to write ('-' reads it from stdin)"),
     output: Path = typer.Option(..., "-o", "--output", help="OUT.html, OUT.md or OUT.json"),
-    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="a user image (repeatable; index 0, 1, ...)"),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", metavar="IMAGE", help="a user image (repeatable; index 0, 1, ...)"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (env LLMI_BASE_URL)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model id (env LLMI_MODEL); default: the only one served"),
     backend: Optional[str] = typer.Option(None, "--backend", help="'openai' (any compatible server) or 'transformers'"),
@@ -44,7 +44,7 @@ def generate_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the result cache"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="do not echo the model's text"),
     show_think: bool = typer.Option(False, "--show-think", help="echo the model's reasoning too (dimmed, stderr)"),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="log what the LLM client and tools do"),
 ) -> None:
     """Write an illustrated document for PROMPT: any LLM writes, tools run as soon as each tag closes.
 
@@ -153,7 +153,7 @@ async def _run(agenerate, text, images, settings, system_prompt, trace, *, quiet
     from ..events import TextEvent, ThinkEvent, ToolFinished, ToolStarted
 
     echo = _TextEcho(quiet=quiet, show_think=show_think)
-    with ToolProgress(console) as progress:
+    with ToolProgress(console, n_inputs=len(images)) as progress:
 
         def on_event(ev) -> None:
             if isinstance(ev, TextEvent):

@@ -13,11 +13,18 @@ from ..events import Event, ToolFinished, ToolStarted
 
 class ToolProgress:
     """One line per tool call: running / done in N s / failed: reason. Use as a context manager and
-    pass :meth:`handle` as the engine's ``on_event``."""
+    pass :meth:`handle` as the engine's ``on_event``.
 
-    def __init__(self, console: Console, *, enabled: bool = True):
+    Lines are numbered like the images an ``edit`` refers to (``n_inputs`` user images first, then one
+    per tag), so "[2] edit ... failed" points at the same ``img_index`` the model wrote. Descriptions and
+    reasons come from the model and the tools: they are shown as plain text, never as Rich markup. In a
+    terminal the lines update in place; into a pipe or file each finished call is one unwrapped line.
+    """
+
+    def __init__(self, console: Console, *, enabled: bool = True, n_inputs: int = 0):
         self.console = console
         self.enabled = enabled and console.is_terminal
+        self.n_inputs = n_inputs
         self.lines: dict[int, tuple[str, str, float, str | None]] = {}
         self._live: Live | None = None
 
@@ -32,12 +39,18 @@ class ToolProgress:
             self._live.update(self._render())
             self._live.__exit__(*exc)
 
+    def _label(self, idx: int, source: str, desc: str) -> str:
+        desc = " ".join(desc.split())
+        if len(desc) > 50:
+            desc = desc[:49] + "…"
+        return f"[{idx + self.n_inputs}] {source:<9} {desc}"
+
     def _render(self) -> Group:
         rows = []
         now = time.monotonic()
         for idx in sorted(self.lines):
             source, desc, t0, outcome = self.lines[idx]
-            label = f"[{idx}] {source:<9} {desc[:50]}"
+            label = self._label(idx, source, desc)
             if outcome is None:
                 rows.append(Text(f"⏳ {label}  running {now - t0:.1f} s", style="yellow"))
             elif outcome.startswith("ok"):
@@ -54,10 +67,14 @@ class ToolProgress:
             if event.ok:
                 outcome = f"ok done in {event.elapsed_s:.1f} s"
             else:
-                outcome = f"failed: {event.block.reason[:160]}"
+                reason = " ".join(event.block.reason.split())
+                outcome = "failed: " + (reason if len(reason) <= 160 else reason[:159] + "…")
             self.lines[event.index] = (source, desc, t0, outcome)
             if not self.enabled:
                 mark = "✔" if event.ok else "✘"
-                self.console.print(f"{mark} [{event.index}] {source} {desc[:50]} — {outcome.removeprefix('ok ')}", highlight=False)
+                self.console.print(
+                    f"{mark} {self._label(event.index, source, desc)} — {outcome.removeprefix('ok ')}",
+                    highlight=False, markup=False, soft_wrap=True,
+                )
         if self._live is not None:
             self._live.update(self._render())

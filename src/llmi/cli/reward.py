@@ -131,13 +131,12 @@ async def run_reward(
             yield Sample.invalid(error) if error else sample_from_row(row, base_dir)
 
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with open(out_path, "a", encoding="utf-8") as out, Progress(
-        *columns, console=console, disable=not progress, transient=False
-    ) as bar:
-        task = bar.add_task("scoring", total=todo)
-        async with RewardScorer(
-            settings, config=config, judges=judges, execute=execute
-        ) as scorer:
+    # The scorer first: a judge that is not configured fails before OUT is touched or a bar is drawn.
+    async with RewardScorer(settings, config=config, judges=judges, execute=execute) as scorer:
+        with open(out_path, "a", encoding="utf-8") as out, Progress(
+            *columns, console=console, disable=not progress, transient=False
+        ) as bar:
+            task = bar.add_task("scoring", total=todo)
             async for i, result in scorer.score_many(samples()):
                 n, row = pending.pop(i)
                 out_row = dict(row) if isinstance(row, dict) else {"input": row}
@@ -216,6 +215,9 @@ def reward_cmd(
         except KeyboardInterrupt:
             fail(f"interrupted; the rows in {output} are kept: run the same command again to resume", 130)
         _summary(stats, output)
+        if no_judges:
+            console.print("(--no-judges: the rule parts are in each row's reward; the score needs the judges)",
+                          highlight=False, markup=False, soft_wrap=True)
 
 
 def _summary(stats: dict[str, Any], output: Path) -> None:

@@ -19,7 +19,10 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
+from urllib.parse import urlsplit
+
 from ..errors import LLMError, LLMUnreachable
+from ..redaction import redact, safe_url
 from . import LLMBackend, Message, ThinkWrapper
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,15 +81,15 @@ def _retry_after(exc: Any) -> float | None:
 
 
 def _error_detail(exc: Any) -> str:
-    """The server's own message, without echoing request data (and so without keys)."""
+    """The server's own message, without echoing request data, and with echoed (masked) keys removed."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         err = body.get("error", body)
         msg = err.get("message") if isinstance(err, dict) else err
         if isinstance(msg, str) and msg:
-            return msg[:300]
+            return redact(msg)[:300]
     msg = getattr(exc, "message", "") or str(exc)
-    return str(msg)[:300]
+    return redact(str(msg))[:300]
 
 
 class OpenAICompatLLM(LLMBackend):
@@ -103,7 +106,8 @@ class OpenAICompatLLM(LLMBackend):
     # -- setup -----------------------------------------------------------------------------------
     @property
     def where(self) -> str:
-        return self.base_url
+        """The server, for messages and traces (no credentials or query string)."""
+        return safe_url(self.base_url)
 
     @property
     def supports_images(self) -> bool:
@@ -113,8 +117,11 @@ class OpenAICompatLLM(LLMBackend):
 
     def _api_key(self) -> str:
         key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        if not key and (urlsplit(self.base_url).hostname or "").lower() == "api.openai.com":
+            # OPENAI_API_KEY is only ever sent to OpenAI itself, never to whatever base_url points at.
+            key = os.environ.get("OPENAI_API_KEY", "")
         # Local servers (vLLM, Ollama, LM Studio) accept any key; the SDK insists on one.
-        return key or os.environ.get("OPENAI_API_KEY", "") or "EMPTY"
+        return key or "EMPTY"
 
     @property
     def client(self) -> Any:
@@ -139,20 +146,20 @@ class OpenAICompatLLM(LLMBackend):
             page = await self.client.models.list()
             ids = [m.id for m in page.data]
         except openai.APIConnectionError as exc:
-            raise LLMUnreachable(unreachable_message(self.base_url, type(exc.__cause__ or exc).__name__)) from None
+            raise LLMUnreachable(unreachable_message(self.where, type(exc.__cause__ or exc).__name__)) from None
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from None
         except openai.OpenAIError as exc:
-            raise LLMError(f"listing models at {self.base_url} failed: {_error_detail(exc)}") from None
+            raise LLMError(f"listing models at {self.where} failed: {_error_detail(exc)}") from None
         if len(ids) == 1:
             self.model = ids[0]
-            log.info("using the only model served at %s: %s", self.base_url, self.model)
+            log.info("using the only model served at %s: %s", self.where, self.model)
             return
         if not ids:
-            raise LLMError(f"the server at {self.base_url} lists no models; name one with --model / LLMI_MODEL")
+            raise LLMError(f"the server at {self.where} lists no models; name one with --model / LLMI_MODEL")
         shown = ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
         raise LLMError(
-            f"the server at {self.base_url} serves {len(ids)} models ({shown}); choose one with --model / LLMI_MODEL"
+            f"the server at {self.where} serves {len(ids)} models ({shown}); choose one with --model / LLMI_MODEL"
         )
 
     # -- errors ----------------------------------------------------------------------------------
@@ -161,19 +168,19 @@ class OpenAICompatLLM(LLMBackend):
         detail = _error_detail(exc)
         if status == 401:
             return LLMError(
-                f"the LLM server at {self.base_url} refused the API key (401: {detail}); set the right key "
+                f"the LLM server at {self.where} refused the API key (401: {detail}); set the right key "
                 "in LLMI_API_KEY or in [llm] api_key of the config file"
             )
         if status == 403:
-            return LLMError(f"the LLM server at {self.base_url} denied access (403: {detail}); check LLMI_API_KEY")
+            return LLMError(f"the LLM server at {self.where} denied access (403: {detail}); check LLMI_API_KEY")
         if status == 404:
             return LLMError(
-                f"the LLM server at {self.base_url} answered 404 ({detail}); check the model name "
+                f"the LLM server at {self.where} answered 404 ({detail}); check the model name "
                 f"({self.model or 'none given'}) and that the base URL ends with /v1"
             )
         if status == 429:
-            return LLMError(f"the LLM server at {self.base_url} kept rate-limiting (429: {detail}); try again later")
-        return LLMError(f"the LLM server at {self.base_url} answered {status}: {detail}")
+            return LLMError(f"the LLM server at {self.where} kept rate-limiting (429: {detail}); try again later")
+        return LLMError(f"the LLM server at {self.where} answered {status}: {detail}")
 
     # -- streaming -------------------------------------------------------------------------------
     def _request(self, messages: Sequence[Message], images: Sequence["ImageData"]) -> dict[str, Any]:
@@ -204,12 +211,12 @@ class OpenAICompatLLM(LLMBackend):
                 return await self.client.chat.completions.create(**request)
             except openai.APITimeoutError:
                 err: LLMError = LLMError(
-                    f"the LLM server at {self.base_url} did not answer within {self.settings.timeout_s:g} s"
+                    f"the LLM server at {self.where} did not answer within {self.settings.timeout_s:g} s"
                 )
                 wait = None
             except openai.APIConnectionError as exc:
                 raise LLMUnreachable(
-                    unreachable_message(self.base_url, type(exc.__cause__ or exc).__name__)
+                    unreachable_message(self.where, type(exc.__cause__ or exc).__name__)
                 ) from None
             except openai.APIStatusError as exc:
                 err = self._status_error(exc)
@@ -217,7 +224,7 @@ class OpenAICompatLLM(LLMBackend):
                     raise err from None
                 wait = _retry_after(exc)
             except openai.OpenAIError as exc:
-                raise LLMError(f"the LLM request to {self.base_url} failed: {_error_detail(exc)}") from None
+                raise LLMError(f"the LLM request to {self.where} failed: {_error_detail(exc)}") from None
             if attempt >= RETRIES:
                 raise err
             delay = min(MAX_WAIT_S, wait if wait is not None else BACKOFF_S * 2**attempt)
@@ -242,7 +249,7 @@ class OpenAICompatLLM(LLMBackend):
                 if getattr(chunk, "object", None) == "error" or "error" in extra:  # vLLM's older error shape
                     err = extra.get("error", extra)
                     msg = err.get("message") if isinstance(err, dict) else str(err)
-                    raise LLMError(f"the LLM server at {self.base_url} failed mid-stream: {msg}")
+                    raise LLMError(f"the LLM server at {self.where} failed mid-stream: {msg}")
                 if chunk.model and not self.settings.model:
                     self.model = chunk.model
                 for choice in (chunk.choices or [])[:1]:
@@ -258,17 +265,17 @@ class OpenAICompatLLM(LLMBackend):
                         if choice.finish_reason == "length":
                             log.warning("the model hit max_tokens (%s); the response is cut", self.settings.max_tokens)
         except openai.APIStatusError as exc:
-            raise LLMError(f"the LLM server at {self.base_url} failed mid-stream: {_error_detail(exc)}") from None
+            raise LLMError(f"the LLM server at {self.where} failed mid-stream: {_error_detail(exc)}") from None
         except openai.APIError as exc:  # includes the SDK's mid-stream {"error": ...} and dropped connections
             kind = "the connection dropped" if isinstance(exc, openai.APIConnectionError) else _error_detail(exc)
-            raise LLMError(f"the LLM stream from {self.base_url} broke off: {kind}") from None
+            raise LLMError(f"the LLM stream from {self.where} broke off: {kind}") from None
         finally:
             await response.close()
         tail = think.close()
         if tail:
             yield tail
         if not finished:
-            raise LLMError(f"the LLM stream from {self.base_url} ended before the model finished (no finish_reason)")
+            raise LLMError(f"the LLM stream from {self.where} ended before the model finished (no finish_reason)")
 
     async def aclose(self) -> None:
         if self._client is not None and self._own_client:

@@ -12,6 +12,8 @@ choice for local diffusers pipelines (imports torch only when called).
 
 from __future__ import annotations
 
+from ..redaction import redact  # noqa: F401  (re-exported for the backends)
+
 import asyncio
 import base64
 import binascii
@@ -56,15 +58,6 @@ _DATA_URI = re.compile(r"^data:([\w/+.-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
 # ------------------------------------------------------------------------------------------------
 # Secrets
 # ------------------------------------------------------------------------------------------------
-
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret (and an OpenAI-style masked echo of it) replaced by ``***``."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    # OpenAI echoes a masked key ("sk-abc*****wxyz") in 401 messages: drop those too.
-    return re.sub(r"\bsk-[\w*-]{6,}", "***", text)
 
 
 # ------------------------------------------------------------------------------------------------
