@@ -81,8 +81,8 @@ def test_failed_tags_still_exit_zero(cli, in_repo):
     "args, message",
     [
         (["render", "missing.txt", "-o", "{tmp}/o.html"], "does not exist"),
-        (["render", "examples/report.txt", "-i", "missing.png", "-o", "{tmp}/o.html"], "cannot read input image"),
-        (["render", "examples/report.txt", "-i", "examples/library/lighthouse-rocky-coast.txt", "-o", "{tmp}/o.html"], "not usable"),
+        (["render", "examples/report.txt", "-i", "missing.png", "-o", "{tmp}/o.html"], "input image missing.png does not exist"),
+        (["render", "examples/report.txt", "-i", "examples/library/lighthouse-rocky-coast.txt", "-o", "{tmp}/o.html"], "is not a PNG"),
         (["render", "examples/report.txt", "-o", "{tmp}/o.pdf"], "output format"),
         (["render", "examples/report.txt", "-c", "nope.toml", "-o", "{tmp}/o.html"], "does not exist"),
     ],
