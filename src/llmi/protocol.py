@@ -384,36 +384,88 @@ class StreamParser:
         self.n_input_images = n_input_images
         self.n_tags = n_tags
         self.violations: list[Violation] = []
+        # Unread input is self._buf[self._pos:]; a cursor (not re-slicing) keeps parsing linear.
         self._buf = ""
+        self._pos = 0
+        #: marker -> (lo, hi, found): the first occurrence at or after buffer index lo, searched up to hi.
+        self._memo: dict[str, tuple[int, int, int]] = {}
         self._mode = "think" if start_in_think else "text"
-        self._offset = 0  # offset in the raw response of _buf[0]
+        self._offset = 0  # offset in the raw response of the cursor
         self._tag_start = 0
         self._next_index = 0
         self._in_fence = False
         self._line = ""  # the current (unfinished) line of visible text, for fence tracking
         self._tail = ""  # recent visible text, for filler detection
+        self._text: list[str] = []  # visible text not yet returned as a Text segment
         self._closed = False
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _rest(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _find(self, marker: str) -> int:
+        """Where ``marker`` next occurs, relative to the cursor, or -1.
+
+        Remembers earlier searches, so text that was already searched is not scanned again — without
+        this a response of many unclosed tags, or a long tag streamed in small pieces, costs O(n²).
+        """
+        buf, pos = self._buf, self._pos
+        memo = self._memo.get(marker)
+        if memo is not None and memo[0] <= pos:
+            lo, hi, found = memo
+            if found >= pos:
+                return found - pos
+            if found < 0:
+                start = max(pos, hi - len(marker) + 1)
+                found = buf.find(marker, start)
+                self._memo[marker] = (pos, len(buf), found)
+                return found - pos if found >= 0 else -1
+        found = buf.find(marker, pos)
+        self._memo[marker] = (pos, len(buf), found)
+        return found - pos if found >= 0 else -1
+
+    def _held_back(self, markers: Iterable[str]) -> int:
+        """How much of the unread end may be the start of a marker (so must wait for more input)."""
+        tail = self._buf[max(self._pos, len(self._buf) - 10):]
+        return _partial_suffix(tail, markers)
+
+    def _compact(self) -> None:
+        pos = self._pos
+        if pos > 4096 and pos * 2 > len(self._buf):
+            self._buf = self._buf[pos:]
+            self._memo = {
+                m: (max(0, lo - pos), hi - pos, found - pos if found >= 0 else -1)
+                for m, (lo, hi, found) in self._memo.items()
+                if hi >= pos
+            }
+            self._pos = 0
+
+    def _push(self, out: list[Segment], seg: Segment) -> None:
+        self._flush_text(out)
+        out.append(seg)
+
+    def _flush_text(self, out: list[Segment]) -> None:
+        if self._text:
+            out.append(Text("".join(self._text)))
+            self._text = []
+
     def _visible(self, text: str, out: list[Segment]) -> None:
         if not text:
             return
-        if out and isinstance(out[-1], Text):
-            out[-1] = Text(out[-1].text + text)
-        else:
-            out.append(Text(text))
+        self._text.append(text)
         self._track(text)
 
     def _track(self, text: str) -> None:
-        self._tail = (self._tail + text)[-400:]
+        self._tail = (self._tail + text[-400:])[-400:]
         parts = (self._line + text).split("\n")
         for line in parts[:-1]:
             if _FENCE.match(line):
                 self._in_fence = not self._in_fence
-        self._line = parts[-1]
+        self._line = parts[-1][:16]  # a fence is recognised by a line's start; keep no more
 
     def _consume(self, n: int) -> str:
-        s, self._buf = self._buf[:n], self._buf[n:]
+        s = self._buf[self._pos : self._pos + n]
+        self._pos += n
         self._offset += n
         return s
 
@@ -428,7 +480,7 @@ class StreamParser:
         if isinstance(seg, InvalidTag):
             kind = "unclosed_tag" if seg.kind is TagErrorKind.UNCLOSED else "invalid_tag"
             self.violations.append(Violation(kind, seg.reason, idx, offset))
-        out.append(seg)
+        self._push(out, seg)
         # a tag ends the current line of text as far as fences and fillers are concerned
         self._tail = ""
 
@@ -436,15 +488,15 @@ class StreamParser:
     def feed(self, chunk: str) -> list[Segment]:
         if self._closed:
             raise RuntimeError("feed() after close()")
+        self._compact()
         self._buf += chunk
         out: list[Segment] = []
-        while self._buf:
+        while self._rest():
             if self._mode == "text":
-                positions = [(self._buf.find(m), m) for m in _MARKERS]
-                positions = [(p, m) for p, m in positions if p >= 0]
+                positions = [(p, m) for m in _MARKERS if (p := self._find(m)) >= 0]
                 if not positions:
-                    keep = _partial_suffix(self._buf, _MARKERS)
-                    self._visible(self._consume(len(self._buf) - keep), out)
+                    keep = self._held_back(_MARKERS)
+                    self._visible(self._consume(self._rest() - keep), out)
                     break
                 pos, marker = min(positions)
                 self._visible(self._consume(pos), out)
@@ -462,21 +514,21 @@ class StreamParser:
                     self._mode = "think"
                 # a stray </think> in text is dropped
             elif self._mode == "think":
-                pos = self._buf.find(THINK_CLOSE)
+                pos = self._find(THINK_CLOSE)
                 if pos < 0:
-                    keep = _partial_suffix(self._buf, (THINK_CLOSE,))
-                    text = self._consume(len(self._buf) - keep)
+                    keep = self._held_back((THINK_CLOSE,))
+                    text = self._consume(self._rest() - keep)
                     if text:
-                        out.append(Think(text))
+                        self._push(out, Think(text))
                     break
                 text = self._consume(pos)
                 if text:
-                    out.append(Think(text))
+                    self._push(out, Think(text))
                 self._consume(len(THINK_CLOSE))
                 self._mode = "text"
             else:  # inside a tag
-                close = self._buf.find(CLOSE_TAG)
-                reopen = self._buf.find(OPEN_TAG)
+                close = self._find(CLOSE_TAG)
+                reopen = self._find(OPEN_TAG)
                 if reopen >= 0 and (close < 0 or reopen < close):
                     # a new tag opens before this one closed: this one is unclosed
                     payload = self._consume(reopen)
@@ -489,6 +541,7 @@ class StreamParser:
                 self._consume(len(CLOSE_TAG))
                 self._slot(payload, out, self._tag_start)
                 self._mode = "text"
+        self._flush_text(out)
         return out
 
     def _unclosed(self, payload: str, out: list[Segment]) -> None:
@@ -496,7 +549,7 @@ class StreamParser:
         self._next_index += 1
         seg = InvalidTag(idx, TagErrorKind.UNCLOSED, "the tag was never closed with </imgen>", raw=payload)
         self.violations.append(Violation("unclosed_tag", seg.reason, idx, self._tag_start))
-        out.append(seg)
+        self._push(out, seg)
         self._tail = ""
 
     def close(self) -> list[Segment]:
@@ -506,12 +559,14 @@ class StreamParser:
         self._closed = True
         out: list[Segment] = []
         if self._mode == "text":
-            self._visible(self._consume(len(self._buf)), out)
+            self._visible(self._consume(self._rest()), out)
         elif self._mode == "think":
-            if self._buf:
-                out.append(Think(self._consume(len(self._buf))))
+            if self._rest():
+                self._push(out, Think(self._consume(self._rest())))
         else:
-            self._unclosed(self._consume(len(self._buf)), out)
+            self._unclosed(self._consume(self._rest()), out)
+        self._flush_text(out)
+        self._buf, self._pos, self._memo = "", 0, {}
         return out
 
     @property
@@ -538,11 +593,17 @@ def parse_response(response: str, n_input_images: int = 0) -> ParsedResponse:
     p = StreamParser(n_input_images, n_tags=n_tags, start_in_think=start_in_think)
     segments = p.feed(response) + p.close()
     merged: list[Segment] = []
-    for s in segments:
-        if merged and type(s) in (Text, Think) and type(merged[-1]) is type(s):
-            merged[-1] = type(s)(merged[-1].text + s.text)
-        else:
-            merged.append(s)
+    run: list[str] = []  # texts of the current run of Text (or Think) segments, joined once
+    for seg in segments:
+        if run and type(seg) is type(merged[-1]) and type(seg) in (Text, Think):
+            run.append(seg.text)
+            continue
+        if len(run) > 1:
+            merged[-1] = type(merged[-1])("".join(run))
+        merged.append(seg)
+        run = [seg.text] if type(seg) in (Text, Think) else []
+    if len(run) > 1:
+        merged[-1] = type(merged[-1])("".join(run))
     return ParsedResponse(merged, p.violations)
 
 

@@ -32,12 +32,20 @@ FORMATS = {".html": "html", ".htm": "html", ".md": "markdown", ".json": "json"}
 _OUR_ASSET = re.compile(r"^image-\d+\.[a-z]+$")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder so a reader never sees half a file."""
+    """Write via a temporary file in the same folder so a reader never sees half a file. The file gets
+    the mode a plain ``open()`` would give it (mkstemp's 0600 would hide it from a web server)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

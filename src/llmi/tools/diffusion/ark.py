@@ -43,6 +43,7 @@ class ArkBase(ImagesAPIBackend):
 
     options: ArkOptions
     service = "Volcengine Ark"
+    models_may_be_missing = True
 
     def cache_identity(self) -> dict[str, Any]:
         o = self.options

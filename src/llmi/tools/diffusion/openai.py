@@ -60,8 +60,9 @@ def auth_headers(backend: Backend) -> dict[str, str]:
     return headers
 
 
-async def probe_models(backend: Backend, service: str) -> BackendStatus:
-    """``GET {base}/models``: cheap, authenticated, and served by OpenAI and Ark alike."""
+async def probe_models(backend: Backend, service: str, *, not_found_ok: bool = False) -> BackendStatus:
+    """``GET {base}/models``: cheap and authenticated. A 404 there means the base URL is wrong (not the
+    service), unless the service is not known to list models (``not_found_ok``)."""
     status = backend.status()
     if not status.usable:
         return status
@@ -75,6 +76,8 @@ async def probe_models(backend: Backend, service: str) -> BackendStatus:
         return BackendStatus("missing_key", f"{service} refused the API key (HTTP {resp.status_code})")
     if resp.status_code >= 500:
         return BackendStatus("unreachable", f"{service} answered HTTP {resp.status_code}")
+    if resp.status_code in (404, 405, 410) and not not_found_ok:
+        return BackendStatus("misconfigured", f"{service} answered HTTP {resp.status_code} at {url}: check base_url")
     return BackendStatus("ok", f"reachable (HTTP {resp.status_code})")
 
 
@@ -84,12 +87,14 @@ class ImagesAPIBackend(Backend):
 
     options: HTTPBackendOptions  # with a ``model`` field
     service: ClassVar[str]
+    #: Whether ``GET /models`` answering 404 still proves the service is there (Ark: not documented).
+    models_may_be_missing: ClassVar[bool] = False
 
     def status(self) -> BackendStatus:
         return self.key_status()
 
     async def probe(self) -> BackendStatus:
-        return await probe_models(self, self.service)
+        return await probe_models(self, self.service, not_found_ok=self.models_may_be_missing)
 
     async def post(self, path: str, provenance: dict[str, Any], **request: Any) -> ToolResult:
         """POST ``request`` (``json=`` or ``data=``/``files=``) to ``{base_url}/{path}``; the first image

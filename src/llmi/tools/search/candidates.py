@@ -321,6 +321,8 @@ async def probe_http(
         )
     if resp.status_code >= 500:
         return BackendStatus("unreachable", f"{service} answered HTTP {resp.status_code}")
+    if resp.status_code in (404, 405, 410):
+        return BackendStatus("misconfigured", f"{service} answered HTTP {resp.status_code}: check base_url")
     return BackendStatus("ok", f"{service} answered HTTP {resp.status_code}")
 
 
