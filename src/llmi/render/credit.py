@@ -101,6 +101,8 @@ def credit_parts(
         source = _source_part(prov)
         if source is not None:
             parts.extend([" — ", source])
+        elif _text(prov, "path"):  # the local image library
+            parts.append(f" — image library: {_text(prov, 'path')}")
     elif tool == "diffusion":
         parts.append(f"Generated with {_engine(prov, 'an image model')}")
     elif tool == "code":

@@ -147,6 +147,11 @@ def _figure(block: ImageBlock, number: int) -> str:
             description=block.description,
         )
     uri, width, height = src
+    dpi = block.provenance.get("dpi")
+    if isinstance(dpi, (int, float)) and not isinstance(dpi, bool) and 96 < dpi <= 1200 and width and height:
+        # Charts are rendered at a print dpi: show them at their physical size (CSS px are 1/96 in),
+        # so a chart's lettering reads the same size whatever its pixel count.
+        width, height = round(width * 96 / dpi), round(height * 96 / dpi)
     desc = " ".join(str(block.description).split())
     caption = []
     if desc:
@@ -155,8 +160,7 @@ def _figure(block: ImageBlock, number: int) -> str:
     return (
         f'<figure class="llmi-figure llmi-tool-{_esc(_css_ident(block.tool))}" id="llmi-image-{number}" '
         f'data-tool="{tool}">\n'
-        f'<img src="{uri}" alt="{_esc(desc)}"{_size_attr("width", width)}{_size_attr("height", height)} '
-        f'decoding="async">\n'
+        f'<img src="{uri}" alt="{_esc(desc)}"{_size_attr("width", width)}{_size_attr("height", height)}>\n'
         f"<figcaption>{' '.join(caption)}</figcaption>\n"
         "</figure>"
     )
