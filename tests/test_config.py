@@ -53,3 +53,34 @@ def test_bad_files_name_the_problem(tmp_path, text, match):
     cfg.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_settings(cfg, environ={})
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "pics").mkdir(parents=True)
+    cfg = tmp_path / "conf" / "llmi.toml"
+    cfg.write_text('[cache]\npath = "c.sqlite"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    s = load_settings(cfg, environ={})
+    assert s.resolve_path("pics") == tmp_path / "conf" / "pics"
+    assert s.resolve_path("/abs/x") == __import__("pathlib").Path("/abs/x")
+    assert s.cache.resolved_path(s._config_dir) == tmp_path / "conf" / "c.sqlite"
+    # without a file, relative paths stay relative to the current directory
+    assert load_settings(environ={}).resolve_path("pics") == __import__("pathlib").Path("pics")
+
+
+def test_examples_render_from_any_directory(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from llmi.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["render", str(root / "examples/report.txt"), "-c", str(root / "examples/llmi.toml"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["stats"]["search"] == {"total": 2, "success": 2}

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 
 from .errors import ConfigError
 
@@ -117,9 +117,10 @@ class CacheSettings(_Section):
     enabled: bool = True
     path: str = Field("", description="sqlite file; empty: $XDG_CACHE_HOME/llmi/cache.sqlite")
 
-    def resolved_path(self) -> Path:
+    def resolved_path(self, base: Path | None = None) -> Path:
         if self.path:
-            return Path(self.path).expanduser()
+            p = Path(self.path).expanduser()
+            return p if p.is_absolute() or base is None else base / p
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return Path(base) / "llmi" / "cache.sqlite"
 
@@ -150,6 +151,17 @@ class Settings(_Section):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     llm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
     mllm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+    #: The folder of the config file these settings came from (relative paths in it are relative to it).
+    _config_dir: Path | None = PrivateAttr(None)
+
+    def resolve_path(self, path: str | os.PathLike) -> Path:
+        """A path from the settings: ``~`` expanded; a relative one is taken relative to the config file's
+        folder when the settings came from a file, else to the current directory."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or self._config_dir is None:
+            return p
+        return self._config_dir / p
 
     def tool(self, name: str) -> ToolSettings:
         return self.tools.get(name) or _default_tools()[name]
@@ -224,7 +236,10 @@ def load_settings(
         defaults = {k: v.model_dump() for k, v in _default_tools().items()}
         data["tools"] = _deep_merge(defaults, data["tools"])
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         where = f" (from {cfg})" if cfg else ""
         raise ConfigError(f"invalid settings{where}:\n{exc}") from exc
+    if cfg is not None:
+        settings._config_dir = cfg.resolve().parent
+    return settings

@@ -95,10 +95,12 @@ class Engine:
             self.cache = self._cache_arg
         elif self._cache_arg is None and self.settings.cache.enabled:
             try:
-                self.cache = Cache(self.settings.cache.resolved_path())
+                self.cache = Cache(self.settings.cache.resolved_path(self.settings._config_dir))
                 self._own_cache = True
             except Exception as exc:  # an unwritable cache must not stop the run
-                log.warning("cache disabled: cannot open %s: %s", self.settings.cache.resolved_path(), exc)
+                log.warning(
+                    "cache disabled: cannot open %s: %s", self.settings.cache.resolved_path(self.settings._config_dir), exc
+                )
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

@@ -194,7 +194,8 @@ async def _produce(
             stack.push_async_callback(llm.aclose)
 
         tools = engine.usable_tools()
-        system = build_system_prompt(tools, path=system_prompt_file or settings.llm.system_prompt_file or None)
+        configured = settings.resolve_path(settings.llm.system_prompt_file) if settings.llm.system_prompt_file else None
+        system = build_system_prompt(tools, path=system_prompt_file or configured)
         trace.system_prompt_name, trace.system_prompt_sha256 = system.name, system.sha256
         trace.tools_advertised = list(tools)
         trace.llm_backend, trace.llm_where = llm.kind, llm.where

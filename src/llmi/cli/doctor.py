@@ -82,7 +82,7 @@ async def _doctor(settings, probe: bool, config: Path | None) -> None:
     info(f"config file: {cfg or '(none; built-in defaults)'}")
     where = settings.llm.model_path if settings.llm.backend == "transformers" else settings.llm.base_url
     info(f"LLM: {settings.llm.backend} at {where or '(not set)'}, model {settings.llm.model or '(auto)'}")
-    info(f"cache: {'off' if not settings.cache.enabled else settings.cache.resolved_path()}")
+    info(f"cache: {'off' if not settings.cache.enabled else settings.cache.resolved_path(settings._config_dir)}")
 
     async with Engine(settings, cache=False) as engine:
         # Every (tool, backend) to show, in order: the chain first, then the other known backends.

@@ -230,6 +230,9 @@ class WorkerPool:
             try:
                 header, payload = worker.call(code)
             except WorkerDied as exc:
+                if self._closed:  # shutting down (e.g. Ctrl-C): the worker was stopped on purpose
+                    self._checkin(worker, healthy=False)
+                    return ChartOutcome(ok=False, kind="cancelled", reason="the chart pool was shut down")
                 log.warning("chart worker %s died (%s); restarting it", worker.pid, exc)
                 self.restarts += 1
                 self._checkin(worker, healthy=False)

@@ -280,7 +280,7 @@ class LocalLibrarySearch(Backend):
             raise ToolError(
                 "the local image library has no folder: set root in [backends.search.local]", kind="misconfigured"
             )
-        root = Path(opts.root).expanduser()
+        root = self.ctx.settings.resolve_path(opts.root)
         if not root.is_dir():
             raise ToolError(f"the local image library folder {root} does not exist", kind="misconfigured")
         return root.resolve()
