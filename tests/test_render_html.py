@@ -435,3 +435,25 @@ def test_property_any_text_renders_inert(text, other):
         ]
     )
     assert_inert(render_html(doc, prompt=other, title=text))
+
+
+def test_user_images_are_shown_and_images_numbered_as_edits_address_them():
+    from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
+    from llmi.images import ImageData
+    from llmi.render import render_html
+
+    from .helpers import make_png
+
+    user = ImageData.from_bytes(make_png(10, 10, (1, 2, 3)))
+    made = ImageData.from_bytes(make_png(12, 12, (9, 9, 9)))
+    doc = Document(
+        blocks=[TextBlock("Intro"), FailureBlock("search", "none found", "no_result"),
+                ImageBlock(made, "edit", "Edited", {"img_index": 0, "prompt": "p"}, {"backend": "pillow"})],
+        input_images=[user],
+    )
+    page = render_html(doc)
+    assert page.count("data:image/png;base64,") == 2
+    assert "Your images" in page and ">Image 0<" in page
+    assert ">Image 2<" in page  # one user image, then slot 0 (failed) is image 1, the edit is image 2
+    plain = render_html(Document(blocks=[ImageBlock(made, "code", "Chart")]))
+    assert "llmi-index" not in plain.split("</style>")[1] and "Your images" not in plain

@@ -136,7 +136,8 @@ def _size_attr(name: str, value: Any) -> str:
     )
 
 
-def _figure(block: ImageBlock, number: int) -> str:
+def _figure(block: ImageBlock, number: int | str, index: int | None = None) -> str:
+    """One image with its caption. ``index`` (the number an ``edit`` uses for it) is shown when given."""
     src = _image_src(block)
     tool = _esc(block.tool)
     if src is None:
@@ -154,6 +155,8 @@ def _figure(block: ImageBlock, number: int) -> str:
         width, height = round(width * 96 / dpi), round(height * 96 / dpi)
     desc = " ".join(str(block.description).split())
     caption = []
+    if index is not None:
+        caption.append(f'<span class="llmi-index">Image {index}</span>')
     if desc:
         caption.append(f'<span class="llmi-description">{_esc(desc)}</span>')
     caption.append(f'<span class="llmi-credit">{_credit_html(block)}</span>')
@@ -202,16 +205,22 @@ def _stats_html(doc: Document) -> str:
     return '<footer class="llmi-stats">\n' + "\n".join(lines) + "\n</footer>"
 
 
-def _blocks_html(blocks: Iterable[Any]) -> list[str]:
+def _blocks_html(blocks: Iterable[Any], n_inputs: int = 0) -> list[str]:
+    blocks = list(blocks)
+    # Image numbers matter to a reader only when something refers to them (edits, the user's images).
+    numbered = n_inputs > 0 or any(getattr(b, "tool", None) == "edit" for b in blocks)
     out = []
     number = 0
+    slot = 0
     for block in blocks:
         if isinstance(block, TextBlock):
             if block.text.strip():
                 out.append(f'<div class="llmi-text">\n{markdown_to_safe_html(block.text)}</div>')
-        elif isinstance(block, ImageBlock):
+            continue
+        slot += 1
+        if isinstance(block, ImageBlock):
             number += 1
-            out.append(_figure(block, number))
+            out.append(_figure(block, number, n_inputs + slot - 1 if numbered else None))
         elif isinstance(block, FailureBlock):
             out.append(
                 _failure_note(
@@ -219,6 +228,20 @@ def _blocks_html(blocks: Iterable[Any]) -> list[str]:
                 )
             )
     return out
+
+
+def _inputs_html(doc: Document) -> list[str]:
+    """The user's own images, numbered as edits address them ("from image 0")."""
+    if not doc.input_images:
+        return []
+    figures = [
+        _figure(ImageBlock(image=img, tool="input"), f"input-{i}", i)
+        for i, img in enumerate(doc.input_images)
+    ]
+    return [
+        '<section class="llmi-inputs" aria-label="Your images">\n'
+        '<p class="llmi-prompt-label">Your images</p>\n' + "\n".join(figures) + "\n</section>"
+    ]
 
 
 def render_html_fragment(doc: Document, *, prompt: str | None = None) -> str:
@@ -235,7 +258,8 @@ def render_html_fragment(doc: Document, *, prompt: str | None = None) -> str:
             f'<p class="llmi-prompt-text">{_esc(prompt)}</p>\n'
             "</section>"
         )
-    parts.extend(_blocks_html(doc.blocks))
+    parts.extend(_inputs_html(doc))
+    parts.extend(_blocks_html(doc.blocks, len(doc.input_images)))
     stats = _stats_html(doc)
     if stats:
         parts.append(stats)
