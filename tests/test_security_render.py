@@ -123,17 +123,25 @@ def test_backtick_spans_still_protect_html_inside_them():
 def test_pathological_markdown_scales_linearly(unit):
     """Doubling the input may at most roughly double the time (quadratic would quadruple it)."""
 
+    import gc
+
     def cost(n: int) -> float:
         text = unit * (n // len(unit))
         doc = Document(blocks=[TextBlock(text)])
         best = float("inf")
-        for _ in range(2):  # CPU time, best of two: other processes on the machine do not count
-            t0 = time.process_time()
-            render_html(doc)
-            prepare_text(text)
-            best = min(best, time.process_time() - t0)
+        for _ in range(3):  # CPU time, best of three: other processes on the machine do not count
+            gc.collect()
+            gc.disable()  # a full collection landing in one run is not the renderer's cost
+            try:
+                t0 = time.process_time()
+                render_html(doc)
+                prepare_text(text)
+                best = min(best, time.process_time() - t0)
+            finally:
+                gc.enable()
         return best
 
     cost(2_000)  # warm caches
     small, large = cost(10_000), cost(40_000)
-    assert large < max(8 * small, 0.5), f"{unit!r}: 10k chars {small:.3f}s, 40k chars {large:.3f}s"
+    # 4x the input: linear is ~4x the time, quadratic 16x; allow noise up to 11x.
+    assert large < max(11 * small, 0.5), f"{unit!r}: 10k chars {small:.3f}s, 40k chars {large:.3f}s"
