@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from ...errors import ToolError, TransientToolError
 from ...images import ImageData
 from ..base import Backend, BackendStatus, ToolRequest, ToolResult
-from ..http import check_response, json_body
+from ..http import check_response, json_body, send
 
 log = logging.getLogger(__name__)
 
@@ -281,14 +281,7 @@ async def get_json(
     headers, i.e. possibly the key) is not chained into tracebacks.
     """
     try:
-        try:
-            resp = await client.get(url, params=params, headers=headers, timeout=timeout)
-        except httpx.TimeoutException as exc:
-            raise TransientToolError(f"{service} timed out ({type(exc).__name__})", kind="timeout") from None
-        except httpx.TransportError as exc:
-            raise TransientToolError(
-                f"{service} is unreachable: {type(exc).__name__}: {exc}", kind="connection_error"
-            ) from None
+        resp = await send(client, "GET", url, service=service, params=params, headers=headers, timeout=timeout)
         try:
             check_response(resp, service)
         except TransientToolError as exc:
