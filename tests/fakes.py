@@ -78,6 +78,10 @@ def make(tool: str, name: str) -> type[Backend]:
     return registry.register(cls)
 
 
-for _tool in ("search", "diffusion", "code", "edit"):
-    make(_tool, "fake")
-    make(_tool, "fake2")
+CLASSES = [make(t, n) for t in ("search", "diffusion", "code", "edit") for n in ("fake", "fake2")]
+
+
+def register_all() -> None:
+    """(Re-)register the fakes: other test modules register and remove their own under the same names."""
+    for cls in CLASSES:
+        registry.register(cls)

@@ -20,6 +20,7 @@ from .fakes import RECORD, png_for
 
 @pytest.fixture(autouse=True)
 def fresh_record():
+    fakes.register_all()
     fakes.RECORD.__init__()
     yield
 

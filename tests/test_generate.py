@@ -537,3 +537,11 @@ async def test_a_tag_the_model_never_closes_is_a_failure_and_the_rest_is_kept():
     assert doc.slots[1].kind == "unclosed_tag"
     assert [v.kind for v in doc.violations] == ["unclosed_tag"]
     assert doc.text == "Intro.\n\nAnd then "
+
+
+async def test_generate_and_render_agree_on_an_edit_past_the_last_tag():
+    response = "A.\n" + tag("code", "C", code="x") + tag("edit", "E", img_index=7, prompt="p")
+    with SSEServer(Script(content=split_every(response, 4))) as srv:
+        doc = await G.agenerate("Write", settings=settings_for(srv.base_url))
+    assert doc.slots[1].kind == "index_out_of_range"
+    assert "out of range" in doc.violations[0].detail

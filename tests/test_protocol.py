@@ -324,3 +324,14 @@ def test_arbitrary_unicode_streamed_in_random_chunks_never_raises(text, cuts):
     segs, _ = _collect(chunks)
     visible = "".join(s.text for s in segs if isinstance(s, (Text, Think)))
     assert len(visible) <= len(text)
+
+
+def test_streaming_reclassifies_edits_past_the_end_once_the_response_is_complete():
+    response = tag(CODE) + tag(edit(5)) + tag(edit(2))
+    batch = parse_response(response)
+    p = StreamParser()  # n_tags unknown while streaming
+    segs = p.feed(response) + p.close()
+    assert segs[1].kind is TagErrorKind.FORWARD_REFERENCE  # what could be said when the tag closed
+    assert p.amended[1].kind is TagErrorKind.INDEX_OUT_OF_RANGE == batch.slots[1].kind
+    assert 2 not in p.amended  # a genuine forward reference stays one
+    assert p.violations == batch.violations

@@ -376,13 +376,22 @@ class RunSession:
                 input_image = prior.image
         return await self.engine.execute(seg, input_image)
 
-    async def finish(self, violations: Sequence[Violation] = ()) -> Document:
-        """Wait for every call and return the document in reading order."""
+    async def finish(
+        self, violations: Sequence[Violation] = (), amended: dict[int, InvalidTag] | None = None
+    ) -> Document:
+        """Wait for every call and return the document in reading order. ``amended``: invalid tags
+        whose reason became exact only at the end of the response (``StreamParser.amended``)."""
         await asyncio.gather(*self._slots, return_exceptions=True)
         blocks: list[Block] = []
+        slot = -1
         for item in self._items:
             if isinstance(item, TextBlock):
                 blocks.append(item)
+                continue
+            slot += 1
+            if amended and slot in amended:
+                seg = amended[slot]
+                blocks.append(FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description))
             elif item.cancelled():
                 blocks.append(FailureBlock("unknown", "the run was cancelled before this tool finished", "cancelled"))
             else:

@@ -264,7 +264,7 @@ async def _produce(
                 handle(seg)
             trace.model = llm.model or trace.model
             trace.usage = llm.usage
-            doc = await session.finish(parser.violations)
+            doc = await session.finish(parser.violations, parser.amended)
             finished = True
         except BaseException as exc:
             if isinstance(exc, Exception):

@@ -398,6 +398,10 @@ class StreamParser:
         self._tail = ""  # recent visible text, for filler detection
         self._text: list[str] = []  # visible text not yet returned as a Text segment
         self._closed = False
+        #: Edits past the current tag, classified before the number of tags was known: (violation, tag).
+        self._forward: list[tuple[int, InvalidTag]] = []
+        #: After :meth:`close`: tags whose reason changed once the number of tags was known (by index).
+        self.amended: dict[int, InvalidTag] = {}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _rest(self) -> int:
@@ -480,6 +484,8 @@ class StreamParser:
         if isinstance(seg, InvalidTag):
             kind = "unclosed_tag" if seg.kind is TagErrorKind.UNCLOSED else "invalid_tag"
             self.violations.append(Violation(kind, seg.reason, idx, offset))
+            if seg.kind is TagErrorKind.FORWARD_REFERENCE and self.n_tags is None:
+                self._forward.append((len(self.violations) - 1, seg))
         self._push(out, seg)
         # a tag ends the current line of text as far as fences and fillers are concerned
         self._tail = ""
@@ -567,7 +573,19 @@ class StreamParser:
             self._unclosed(self._consume(self._rest()), out)
         self._flush_text(out)
         self._buf, self._pos, self._memo = "", 0, {}
+        self._amend_forward_references()
         return out
+
+    def _amend_forward_references(self) -> None:
+        """Now that the number of tags is known, an edit that pointed past the last tag is
+        ``index_out_of_range`` rather than ``forward_reference`` — as :func:`parse_response` says."""
+        for vi, seg in self._forward:
+            again = validate(seg.raw, seg.index, self.n_input_images, self._next_index)
+            if isinstance(again, InvalidTag) and again.kind is not seg.kind:
+                self.amended[seg.index] = again
+                old = self.violations[vi]
+                self.violations[vi] = Violation(old.kind, again.reason, old.tag_index, old.offset)
+        self._forward = []
 
     @property
     def n_slots(self) -> int:
