@@ -81,8 +81,8 @@ export LLMI_TEST_DEVICE=auto HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false HF_HU
 $PY -c "import llmi, pydantic, openai, diffusers; from llmi.tools import registry; print('imports ok from', pydantic.__file__.rsplit('/', 2)[0], '; diffusion backends:', registry.names('diffusion'))" || status=1
 
 echo "== tiny-model tests on device=auto"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -m local_models \
-  tests/test_llm_transformers.py tests/test_diffusers_local.py -o addopts="" -rs || status=1
+timeout 200 $PY -m pytest -q -p no:cacheprovider -m local_models \
+  tests/test_llm_transformers.py tests/test_diffusers_local.py tests/test_diffusers_pipelines.py -o addopts="" -rs || status=1
 
 echo "== local transformers backend: 256 tokens, cpu vs cuda"
 timeout 60 $PY - <<'PYEOF' || status=1

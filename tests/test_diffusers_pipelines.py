@@ -18,6 +18,8 @@ Two things about the environment, both worked around in the open:
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -84,7 +86,8 @@ def ctx():
 
 def backend(tool, ctx, path, **opts):
     cls = registry.get(tool, "diffusers")
-    opts = {"num_inference_steps": 2, "seed": 0, "device": "cpu", **opts}
+    # LLMI_TEST_DEVICE=auto (scripts/gpu_check.sh) runs the same pipelines on a GPU when there is one.
+    opts = {"num_inference_steps": 2, "seed": 0, "device": os.environ.get("LLMI_TEST_DEVICE", "cpu"), **opts}
     return cls(cls.Options(model_path=str(path), **opts), ctx)
 
 
