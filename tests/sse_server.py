@@ -19,6 +19,20 @@ Failures a test can ask for: an HTTP status instead of a stream (401, 429 with `
 the first N requests only; an ``{"error": {...}}`` event mid-stream (vLLM's shape) or the older top-level
 ``{"object": "error", ...}``; a dropped connection (the socket closes without the chunked terminator);
 no finish chunk and no ``[DONE]``; reasoning sent in ``reasoning_content`` as vLLM's reasoning parsers do.
+
+Other servers' dialects (``Script.style``), each as that server writes it:
+
+* ``"ollama"`` — every delta repeats ``"role": "assistant"``, no ``logprobs``, ``system_fingerprint:
+  "fp_ollama"``; the finish chunk's delta is ``{"role": "assistant", "content": ""}``; reasoning in
+  ``delta.reasoning``; older versions ignore ``include_usage`` (``usage=False``).
+* ``"llamacpp"`` — the first delta's content is ``null``; usage and ``timings`` ride in the finish chunk
+  itself (its ``choices`` not empty).
+* ``"azure"`` — a first chunk with ``choices: []`` and ``prompt_filter_results`` (and an empty ``model``),
+  ``content_filter_results`` in every choice.
+
+``finish_with_last`` puts ``finish_reason`` on the last content delta instead of a separate chunk (as some
+servers do). ``error_body`` replaces the JSON of a ``status`` answer (e.g. OpenAI's 400 for an unsupported
+parameter). ``SSEServer(api_key=..., key_header="api-key")`` also accepts the key in Azure's header.
 """
 
 from __future__ import annotations
@@ -51,6 +65,17 @@ class Script:
     #: Answer with this HTTP status instead of streaming (and ``retry_after`` as Retry-After).
     status: int | None = None
     retry_after: str | None = None
+    #: The JSON body of a ``status`` answer (default: a generic ``{"error": {...}}``).
+    error_body: dict | None = None
+    #: "vllm" (also SGLang, LM Studio, OpenAI) | "ollama" | "llamacpp" | "azure"
+    style: str = "vllm"
+    #: The delta key reasoning arrives in: "reasoning_content" (vLLM, SGLang, llama.cpp) or "reasoning" (Ollama).
+    reasoning_key: str = "reasoning_content"
+    #: Whether a usage chunk is sent when the request asks for it.
+    usage: bool = True
+    finish_with_last: bool = False
+    #: Extra top-level fields in every content/finish chunk (e.g. ``{"error": None}``).
+    chunk_extra: dict = field(default_factory=dict)
 
 
 class SSEServer:
@@ -61,13 +86,18 @@ class SSEServer:
     ``models`` is what ``GET /v1/models`` lists.
     """
 
-    def __init__(self, script: Script | Callable[[int, dict], Script], *, models: list[str] | None = None,
-                 api_key: str | None = None):
+    def __init__(self, script: Script | Callable[[int, dict], Script], *, models: list[str] | list[dict] | None = None,
+                 api_key: str | None = None, key_header: str | None = None):
         self.script = script
+        #: Model ids, or whole model objects (to mimic a server's own listing shape).
         self.models = ["test-model"] if models is None else models
         self.api_key = api_key
+        #: Besides ``Authorization: Bearer``, accept the key in this header (Azure's ``api-key``).
+        self.key_header = key_header
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: The request paths (with query strings) of the chat requests.
+        self.paths: list[str] = []
         self.request_times: list[float] = []
         #: Responses the client hung up on before the server finished writing them.
         self.hangups = 0
@@ -100,7 +130,9 @@ class SSEServer:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("content-length") or 0)
         raw = h.rfile.read(length) if length else b""
-        if self.api_key is not None and h.headers.get("authorization") != f"Bearer {self.api_key}":
+        key_ok = h.headers.get("authorization") == f"Bearer {self.api_key}" or (
+            self.key_header is not None and h.headers.get(self.key_header) == self.api_key)
+        if self.api_key is not None and not key_ok:
             given = (h.headers.get("authorization") or "").removeprefix("Bearer ")
             masked = given[:3] + "*" * 8 + given[-4:] if len(given) > 8 else "****"
             self._send_json(h, 401, {"error": {"message": f"Incorrect API key provided: {masked}. You can find "
@@ -111,7 +143,8 @@ class SSEServer:
         path = h.path.split("?")[0]
         if h.command == "GET" and path.endswith("/models"):
             self._send_json(h, 200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 1, "owned_by": "llmi-test"} for m in self.models]})
+                m if isinstance(m, dict) else {"id": m, "object": "model", "created": 1, "owned_by": "llmi-test"}
+                for m in self.models]})
             return
         if h.command != "POST" or not path.endswith("/chat/completions"):
             self._send_json(h, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
@@ -121,31 +154,50 @@ class SSEServer:
             n = len(self.requests)
             self.requests.append(body)
             self.headers.append({k.lower(): v for k, v in h.headers.items()})
+            self.paths.append(h.path)
             self.request_times.append(time.perf_counter())
         script = self.script(n, body) if callable(self.script) else self.script
         if script.status is not None:
             headers = {"Retry-After": script.retry_after} if script.retry_after is not None else {}
             kind = {401: "invalid_request_error", 429: "rate_limit_exceeded"}.get(script.status, "server_error")
-            self._send_json(h, script.status, {"error": {"message": f"test status {script.status}", "type": kind,
-                                                         "code": script.status}}, headers)
+            body = script.error_body or {"error": {"message": f"test status {script.status}", "type": kind,
+                                                   "code": script.status}}
+            self._send_json(h, script.status, body, headers)
             return
         self._stream(h, body, script)
 
     def _stream(self, h: BaseHTTPRequestHandler, body: dict, s: Script) -> None:
-        model = body.get("model") or (self.models[0] if self.models else "test-model")
-        base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+        first = self.models[0] if self.models else "test-model"
+        model = body.get("model") or (first["id"] if isinstance(first, dict) else first)
+        base: dict[str, Any] = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1700000000,
+                                "model": model}
+        if s.style == "ollama":
+            base["system_fingerprint"] = "fp_ollama"
 
-        def chunk(delta: dict, finish: str | None = None) -> dict:
-            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        def chunk(delta: dict, finish: str | None = None, **extra: Any) -> dict:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            if s.style == "ollama":
+                choice["delta"] = {"role": "assistant", **delta}
+            else:
+                choice["logprobs"] = None
+            if s.style == "azure":
+                choice["content_filter_results"] = {"hate": {"filtered": False, "severity": "safe"}}
+            return {**base, **s.chunk_extra, "choices": [choice], **extra}
+
+        want_usage = s.usage and bool((body.get("stream_options") or {}).get("include_usage"))
+        deltas = [(s.reasoning_key, r) for r in s.reasoning] + [("content", c) for c in s.content]
+        usage = {"prompt_tokens": 9, "completion_tokens": len(deltas), "total_tokens": 9 + len(deltas)}
 
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream; charset=utf-8")
         h.send_header("Cache-Control", "no-cache")
         h.send_header("Transfer-Encoding", "chunked")
         h.end_headers()
+        if s.style == "azure":
+            self._event(h, {"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": [
+                {"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}}}]})
         if s.role_chunk:
-            self._event(h, chunk({"role": "assistant", "content": ""}))
-        deltas = [("reasoning_content", r) for r in s.reasoning] + [("content", c) for c in s.content]
+            self._event(h, chunk({"role": "assistant", "content": None if s.style == "llamacpp" else ""}))
         sent_content = 0
         start = time.perf_counter()
         for i, (key, text) in enumerate(deltas):
@@ -156,16 +208,21 @@ class SSEServer:
             wait = start + s.first_token_s + i * s.delay_s - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            self._event(h, chunk({key: text}))
+            last = i == len(deltas) - 1
+            finish = s.finish_reason if (s.finish_with_last and last and s.fail_after is None) else None
+            self._event(h, chunk({key: text}, finish))
             sent_content += key == "content"
         if s.fail_after is not None and sent_content >= s.fail_after:
             self._fail(h, s)
             return
-        if s.finish_reason is not None:
-            self._event(h, chunk({}, s.finish_reason))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            self._event(h, {**base, "choices": [], "usage": {
-                "prompt_tokens": 9, "completion_tokens": len(deltas), "total_tokens": 9 + len(deltas)}})
+        if s.finish_reason is not None and not (s.finish_with_last and deltas):
+            extra: dict[str, Any] = {}
+            if s.style == "llamacpp" and want_usage:
+                extra = {"usage": usage, "timings": {"prompt_n": 9, "predicted_n": len(deltas)}}
+                want_usage = False
+            self._event(h, chunk({} if s.style != "ollama" else {"content": ""}, s.finish_reason, **extra))
+        if want_usage:
+            self._event(h, {**base, "choices": [], "usage": usage})
         if s.done:
             self._event(h, "[DONE]")
         h.wfile.write(b"0\r\n\r\n")

@@ -220,3 +220,125 @@ async def test_openai_key_from_the_environment_goes_only_to_openai(monkeypatch):
 def test_messages_and_traces_show_the_server_without_credentials():
     llm = create_llm(LLMSettings(base_url="https://user:pw@gateway.example/v1?api-key=SECRET"))
     assert llm.where == "https://gateway.example/v1"
+
+
+# ------------------------------------------------------------------------------------------------
+# Real servers' dialects
+# ------------------------------------------------------------------------------------------------
+
+DIALECTS = {
+    # vLLM / SGLang with --reasoning-parser: reasoning_content deltas, usage chunk after the finish chunk
+    "vllm-reasoning": dict(style="vllm", reasoning_key="reasoning_content"),
+    "vllm-new-reasoning": dict(style="vllm", reasoning_key="reasoning"),
+    # Ollama: role in every delta, reasoning in `reasoning`, finish chunk with empty content, maybe no usage
+    "ollama": dict(style="ollama", reasoning_key="reasoning"),
+    "ollama-old-no-usage": dict(style="ollama", reasoning_key="reasoning", usage=False),
+    # llama.cpp: null content in the first delta, usage and timings inside the finish chunk
+    "llamacpp": dict(style="llamacpp"),
+    # Azure OpenAI: a leading chunk with no choices (prompt filter results), filter results in choices
+    "azure": dict(style="azure"),
+    # finish_reason riding on the last content delta
+    "finish-on-last-delta": dict(style="ollama", finish_with_last=True),
+}
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+async def test_each_servers_stream_dialect_gives_the_same_text(dialect):
+    kw = DIALECTS[dialect]
+    with SSEServer(Script(reasoning=["Plan ", "it."], content=["# Title", "\n\nBody", "."], **kw)) as srv:
+        llm = llm_for(srv, model="m")
+        assert await collect(llm) == "<think>Plan it.</think># Title\n\nBody."
+        assert llm.finish_reason == "stop"
+        if kw.get("usage", True):
+            assert llm.usage == {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+        else:
+            assert llm.usage is None  # nothing reported, nothing invented
+        await llm.aclose()
+
+
+async def test_ollama_model_listing_picks_the_only_model():
+    listing = [{"id": "qwen3:8b", "object": "model", "created": 1746000000, "owned_by": "library"}]
+    with SSEServer(Script(content=["ok"], style="ollama"), models=listing) as srv:
+        llm = llm_for(srv)
+        assert await collect(llm) == "ok"
+        assert llm.model == "qwen3:8b" and srv.requests[0]["model"] == "qwen3:8b"
+        await llm.aclose()
+
+
+async def test_azure_v1_endpoint_with_the_key_and_the_deployment_as_model():
+    """Azure's v1 API: base URL .../openai/v1/, the deployment name as model, no api-version; the SDK
+    sends the key as a Bearer token, which that endpoint accepts (as it accepts `api-key`)."""
+    with SSEServer(Script(content=["Hi"], style="azure"), api_key="azure-secret", key_header="api-key") as srv:
+        base = srv.base_url.removesuffix("/v1") + "/openai/v1/"
+        llm = create_llm(LLMSettings(base_url=base, model="my-gpt4o-deployment", api_key="azure-secret"))
+        assert await collect(llm) == "Hi"
+        await llm.aclose()
+    assert srv.paths == ["/openai/v1/chat/completions"]  # no ?api-version=
+    assert srv.headers[0]["authorization"] == "Bearer azure-secret"
+    assert srv.requests[0]["model"] == "my-gpt4o-deployment"
+
+
+async def test_a_listing_of_many_models_asks_for_one_by_name():
+    catalog = [{"id": f"gpt-{i}", "object": "model", "created": 1, "capabilities": {"chat_completion": True},
+                "lifecycle_status": "generally-available"} for i in range(14)]
+    with SSEServer(Script(content=["x"]), models=catalog) as srv:
+        llm = llm_for(srv)
+        with pytest.raises(LLMError, match=r"serves 14 models \(gpt-0, .* \.\.\.\); choose one with --model"):
+            await collect(llm)
+        await llm.aclose()
+
+
+def _unsupported(param: str, code: str, message: str) -> Script:
+    return Script(status=400, error_body={"error": {"message": message, "type": "invalid_request_error",
+                                                    "param": param, "code": code}})
+
+
+async def test_reasoning_models_that_refuse_max_tokens_and_temperature_get_an_adapted_request():
+    """OpenAI/Azure o-series and GPT-5 answer 400 for max_tokens and for a non-default temperature."""
+
+    def script(n: int, body: dict) -> Script:
+        if "max_tokens" in body:
+            return _unsupported("max_tokens", "unsupported_parameter", "Unsupported parameter: 'max_tokens' is not "
+                                "supported with this model. Use 'max_completion_tokens' instead.")
+        if "temperature" in body:
+            return _unsupported("temperature", "unsupported_value", "Unsupported value: 'temperature' does not "
+                                "support 0.7 with this model. Only the default (1) value is supported.")
+        return Script(content=["fine"])
+
+    with SSEServer(script) as srv:
+        llm = llm_for(srv, model="o-model", temperature=0.7, max_tokens=500)
+        assert await collect(llm) == "fine"
+        assert len(srv.requests) == 3
+        final = srv.requests[-1]
+        assert final["max_completion_tokens"] == 500 and "max_tokens" not in final and "temperature" not in final
+        assert await collect(llm) == "fine"  # remembered: the next request is right the first time
+        assert len(srv.requests) == 4
+        await llm.aclose()
+
+
+async def test_other_400s_are_not_retried_even_with_a_param():
+    bad = _unsupported("messages", "invalid_value", "Invalid value for 'messages'.")
+    with SSEServer(bad) as srv:
+        llm = llm_for(srv, model="m")
+        with pytest.raises(LLMError, match="400.*Invalid value"):
+            await collect(llm)
+        assert len(srv.requests) == 1
+        await llm.aclose()
+
+
+async def test_a_null_error_field_in_a_chunk_is_not_an_error():
+    with SSEServer(Script(content=["a", "b"], chunk_extra={"error": None})) as srv:
+        llm = llm_for(srv, model="m")
+        assert await collect(llm) == "ab"
+        await llm.aclose()
+
+
+@pytest.mark.parametrize("reason", ["length", "content_filter"])
+async def test_a_cut_response_is_reported_with_its_finish_reason(reason, caplog):
+    with SSEServer(Script(content=["half a sen"], finish_reason=reason)) as srv:
+        llm = llm_for(srv, model="m", max_tokens=3)
+        with caplog.at_level("WARNING", logger="llmi.llm.openai_compat"):
+            assert await collect(llm) == "half a sen"
+        assert llm.finish_reason == reason
+        assert ("max_tokens" if reason == "length" else "content filter") in caplog.text
+        await llm.aclose()

@@ -86,6 +86,7 @@ async def test_streams_tokens_from_a_local_model(model_dir):
     assert all(w in WORDS or w.startswith("<|") or w in ("<unk>", "<pad>", "<s>") for w in text.split())
     assert llm.usage["completion_tokens"] == 12
     assert llm.usage["prompt_tokens"] > 3
+    assert llm.finish_reason == "length"  # a random model never says EOS within 12 tokens: cut at max_tokens
     # deterministic with temperature 0: the same again
     again = "".join([d async for d in llm.stream(MSGS)])
     assert again == text
@@ -131,6 +132,7 @@ async def test_the_generate_pipeline_consumes_a_local_model(model_dir, tmp_path)
     assert doc.text.strip()
     assert trace.raw_response.strip().startswith(doc.text.strip()[:5])
     assert trace.llm_backend == "transformers" and trace.usage["completion_tokens"] == 10
+    assert trace.finish_reason == "length"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -102,6 +102,8 @@ class Trace:
     #: ``first_token_s``, ``llm_done_s``, ``total_s`` (from the start), ``tools_after_text_s``.
     timings: dict[str, float] = field(default_factory=dict)
     usage: dict[str, Any] | None = None
+    #: Why the LLM stopped: "stop", "length" (cut at max_tokens), "content_filter", ... or None.
+    finish_reason: str | None = None
     error: str | None = None
     started: float = 0.0  # wall-clock epoch seconds
 
@@ -264,6 +266,7 @@ async def _produce(
                 handle(seg)
             trace.model = llm.model or trace.model
             trace.usage = llm.usage
+            trace.finish_reason = getattr(llm, "finish_reason", None)
             doc = await session.finish(parser.violations, parser.amended)
             finished = True
         except BaseException as exc:

@@ -4,9 +4,13 @@ The system prompt teaches the tag protocol and advertises only the tools this ru
 (:meth:`llmi.engine.Engine.usable_tools`), so a model is never invited to call a tool that would fail
 for lack of a backend. The edit indexing rules appear only when ``edit`` is usable.
 
+When no tool is usable, the built-in prompt is the short text-only one (``no_tools.md``): teaching a
+tag syntax the model must not use would only cost tokens and invite tags that fail.
+
 A user replaces the built-in system prompt with ``[llm] system_prompt_file`` (or ``--system-prompt``).
 Such a file is used as written, except that the placeholders ``{{TOOLS}}`` and ``{{EDIT_RULES}}`` — if
-it contains them — are filled in the same way as in the built-in one.
+it contains them — are filled in the same way as in the built-in one (with no usable tool, ``{{TOOLS}}``
+becomes the last paragraph of ``no_tools.md``, the instruction to write text only).
 
 The note about attached images goes into the user message, because it is about this request: how
 many there are, their indices, and — for a model that receives text only — that it cannot see them.
@@ -42,12 +46,17 @@ class SystemPrompt:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
+def usable(tools: Sequence[str]) -> list[str]:
+    """``tools`` in protocol order, unknown names dropped."""
+    return [t for t in SOURCES if t in tools]
+
+
 def _fill(template: str, tools: Sequence[str]) -> str:
-    tools = [t for t in SOURCES if t in tools]  # protocol order, known tools only
+    tools = usable(tools)
     if tools:
         listing = "".join(prompt_file(f"tool_{t}.md") for t in tools)
     else:
-        listing = "  " + prompt_file("no_tools.md")
+        listing = prompt_file("no_tools.md").strip().split("\n\n")[-1]
     edit_rules = prompt_file("edit_rules.md") if "edit" in tools else ""
     return template.replace("{{TOOLS}}", listing.rstrip("\n")).replace("{{EDIT_RULES}}", edit_rules.rstrip("\n")).strip() + "\n"
 
@@ -58,9 +67,11 @@ def build_system_prompt(tools: Sequence[str], *, path: str | Path | None = None)
         p = Path(path).expanduser()
         try:
             template = p.read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the system prompt file {p}: {exc}") from None
         return SystemPrompt(_fill(template, tools), str(p))
+    if not usable(tools):
+        return SystemPrompt(prompt_file("no_tools.md").strip() + "\n", BUILTIN_NAME)
     return SystemPrompt(_fill(prompt_file("system.md"), tools), BUILTIN_NAME)
 
 

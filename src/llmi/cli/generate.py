@@ -33,8 +33,11 @@ def generate_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model id (env LLMI_MODEL); default: the only one served"),
     backend: Optional[str] = typer.Option(None, "--backend", help="'openai' (any compatible server) or 'transformers'"),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="local model folder (implies --backend transformers)"),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature ([llm] temperature, default 0.7)"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling ([llm] top_p)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap on the reply's tokens ([llm] max_tokens, default 4096)"),
+    no_think: bool = typer.Option(False, "--no-think", help="ask a Qwen3-style chat template to skip reasoning (chat_template_kwargs.enable_thinking=false)"),
+    extra_body: Optional[str] = typer.Option(None, "--extra-body", metavar="JSON", help="a JSON object merged into the request body (over [llm] extra_body)"),
     no_vision: bool = typer.Option(False, "--no-vision", help="the model is text-only: do not send it the images"),
     system_prompt: Optional[Path] = typer.Option(None, "--system-prompt", help="replace the built-in system prompt"),
     trace: bool = typer.Option(False, "--trace", help="save OUT.trace.json beside the output"),
@@ -74,8 +77,13 @@ def generate_cmd(
             llm["backend"] = backend
         if temperature is not None:
             llm["temperature"] = temperature
+        if top_p is not None:
+            llm["top_p"] = top_p
         if max_tokens is not None:
             llm["max_tokens"] = max_tokens
+        extra = _extra_body(extra_body, no_think)
+        if extra:
+            llm["extra_body"] = extra
         if no_vision:
             llm["vision"] = False
         if llm:
@@ -111,9 +119,30 @@ def generate_cmd(
     console.print(summary, highlight=False)
     if tpath is not None:
         console.print(f"trace: {tpath}", highlight=False)
+    if run_trace.finish_reason == "length":
+        console.print(f"[yellow]warning:[/] the model stopped at max_tokens ({settings.llm.max_tokens}); the document "
+                      "may be cut — raise --max-tokens", highlight=False, soft_wrap=True)
     if status:
         console.print(f"[bold red]error:[/] {message} (partial document written)", highlight=False, soft_wrap=True)
         raise typer.Exit(status)
+
+
+def _extra_body(raw: str | None, no_think: bool) -> dict[str, Any]:
+    """``--extra-body`` parsed (a JSON object, else exit 2 with the reason), plus what ``--no-think`` adds."""
+    import json
+
+    extra: dict[str, Any] = {}
+    if raw:
+        try:
+            extra = json.loads(raw)
+        except ValueError as exc:
+            fail(f"--extra-body is not valid JSON: {exc}")
+        if not isinstance(extra, dict):
+            fail(f"--extra-body must be a JSON object, not {type(extra).__name__}")
+    if no_think:
+        kwargs = extra.get("chat_template_kwargs")
+        extra["chat_template_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}), "enable_thinking": False}
+    return extra
 
 
 class _TextEcho:

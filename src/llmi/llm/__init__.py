@@ -33,7 +33,8 @@ class LLMBackend:
     """Streams a model's reply as text deltas.
 
     After a stream ends, ``usage`` holds the token counts the backend reported (``prompt_tokens``,
-    ``completion_tokens``, ...) or ``None``, and ``model`` the model id that actually answered.
+    ``completion_tokens``, ...) or ``None``, ``model`` the model id that actually answered, and
+    ``finish_reason`` why it stopped (``"length"``: cut at ``max_tokens``).
     """
 
     #: A short name for traces and messages ("openai", "transformers").
@@ -42,6 +43,8 @@ class LLMBackend:
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
         self.model: str = ""
+        #: Why the last stream ended, as the server said: "stop", "length" (max_tokens hit), ...
+        self.finish_reason: str | None = None
 
     @property
     def supports_images(self) -> bool:

@@ -4,6 +4,14 @@ vLLM, SGLang, Ollama, LM Studio, llama.cpp's server, OpenAI and Azure OpenAI all
 a POST to ``{base_url}/chat/completions`` with ``stream: true`` answers with server-sent events, one
 ``chat.completion.chunk`` per delta, an optional usage chunk with empty ``choices``, and ``data: [DONE]``.
 
+Dialects seen in the wild and handled here: reasoning in ``delta.reasoning_content`` (vLLM and SGLang with
+``--reasoning-parser``, llama.cpp) or ``delta.reasoning`` (Ollama, newer vLLM); no usage chunk (older
+Ollama); usage inside the finish chunk (llama.cpp); a leading chunk with no choices (Azure's prompt filter
+results); ``finish_reason`` on the last content delta. OpenAI's and Azure's reasoning models refuse
+``max_tokens`` (they take ``max_completion_tokens``) and any ``temperature``/``top_p`` but the default; such a
+400 — it names the parameter in ``error.param`` — is answered by adapting the request once and sending it
+again, and the adaptation is kept for later requests.
+
 The SDK's own retries are switched off (``max_retries=0``): llmi retries a 429 / 5xx answer a couple of
 times itself, honoring ``Retry-After``, and only before the first token — once text has been streamed
 to the caller a retry would duplicate it, so a failure mid-stream is reported instead. Every SDK error is
@@ -80,6 +88,19 @@ def _retry_after(exc: Any) -> float | None:
         return None
 
 
+def _unsupported_param(exc: Any) -> str | None:
+    """The request parameter a 400 answer refuses as unsupported (OpenAI's ``error.param``), if any."""
+    body = getattr(exc, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None
+    param, code = err.get("param"), str(err.get("code") or "")
+    message = str(err.get("message") or "").lower()
+    if isinstance(param, str) and (code.startswith("unsupported") or "unsupported" in message or "not supported" in message):
+        return param
+    return None
+
+
 def _error_detail(exc: Any) -> str:
     """The server's own message, without echoing request data, and with echoed (masked) keys removed."""
     body = getattr(exc, "body", None)
@@ -102,6 +123,8 @@ class OpenAICompatLLM(LLMBackend):
         self.model = settings.model
         self._client = client
         self._own_client = client is None
+        #: Request changes a server asked for with a 400 (parameter -> replacement name, or None to drop).
+        self._adapted: dict[str, str | None] = {}
 
     # -- setup -----------------------------------------------------------------------------------
     @property
@@ -199,7 +222,26 @@ class OpenAICompatLLM(LLMBackend):
             body["max_tokens"] = s.max_tokens
         if s.extra_body:
             body["extra_body"] = dict(s.extra_body)
+        return self._adapt(body)
+
+    def _adapt(self, body: dict[str, Any]) -> dict[str, Any]:
+        for param, replacement in self._adapted.items():
+            if param in body:
+                value = body.pop(param)
+                if replacement is not None:
+                    body[replacement] = value
         return body
+
+    def _learn(self, exc: Any, request: dict[str, Any]) -> bool:
+        """Adapt ``request`` to a 400 that refuses one of our sampling parameters; False if it is not that."""
+        param = _unsupported_param(exc)
+        if param not in ("max_tokens", "temperature", "top_p") or param not in request or param in self._adapted:
+            return False
+        self._adapted[param] = "max_completion_tokens" if param == "max_tokens" else None
+        self._adapt(request)
+        what = "sending it as max_completion_tokens" if param == "max_tokens" else "using the server's default"
+        log.warning("the model %s at %s does not accept %s; %s", self.model, self.where, param, what)
+        return True
 
     async def _open(self, request: dict[str, Any]) -> Any:
         """Send the request, retrying 429 / 5xx answers and timeouts a few times; return the stream."""
@@ -219,6 +261,8 @@ class OpenAICompatLLM(LLMBackend):
                     unreachable_message(self.where, type(exc.__cause__ or exc).__name__)
                 ) from None
             except openai.APIStatusError as exc:
+                if exc.status_code == 400 and self._learn(exc, request):
+                    continue  # not a retry: the same request, minus what the model refuses
                 err = self._status_error(exc)
                 if exc.status_code != 429 and exc.status_code < 500:
                     raise err from None
@@ -238,6 +282,7 @@ class OpenAICompatLLM(LLMBackend):
         if not self.model:
             await self.prepare()
         self.usage = None
+        self.finish_reason = None
         response = await self._open(self._request(messages, images))
         think = ThinkWrapper()
         finished = False
@@ -246,8 +291,8 @@ class OpenAICompatLLM(LLMBackend):
                 if chunk.usage is not None:
                     self.usage = chunk.usage.model_dump(exclude_none=True)
                 extra = chunk.model_extra or {}
-                if getattr(chunk, "object", None) == "error" or "error" in extra:  # vLLM's older error shape
-                    err = extra.get("error", extra)
+                if getattr(chunk, "object", None) == "error" or extra.get("error"):  # vLLM's older error shape
+                    err = extra.get("error") or extra
                     msg = err.get("message") if isinstance(err, dict) else str(err)
                     raise LLMError(f"the LLM server at {self.where} failed mid-stream: {msg}")
                 if chunk.model and not self.settings.model:
@@ -262,8 +307,11 @@ class OpenAICompatLLM(LLMBackend):
                         yield text
                     if choice.finish_reason:
                         finished = True
+                        self.finish_reason = choice.finish_reason
                         if choice.finish_reason == "length":
                             log.warning("the model hit max_tokens (%s); the response is cut", self.settings.max_tokens)
+                        elif choice.finish_reason == "content_filter":
+                            log.warning("the server's content filter cut the response")
         except openai.APIStatusError as exc:
             raise LLMError(f"the LLM server at {self.where} failed mid-stream: {_error_detail(exc)}") from None
         except openai.APIError as exc:  # includes the SDK's mid-stream {"error": ...} and dropped connections

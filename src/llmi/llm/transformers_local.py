@@ -231,6 +231,7 @@ class TransformersLLM(LLMBackend):
         finally:
             stop.set()
             await asyncio.to_thread(thread.join)
+        self.finish_reason = "length" if counter["tokens"] >= self._gen_kwargs()["max_new_tokens"] else "stop"
         self.usage = {
             "prompt_tokens": n_prompt,
             "completion_tokens": counter["tokens"],
