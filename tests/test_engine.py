@@ -258,3 +258,186 @@ def test_random_responses_through_the_engine_never_raise():
                 assert block.reason and block.kind
 
     check()
+
+
+# ---------------------------------------------------------------- review: edge cases found later
+
+
+async def test_engine_used_without_async_with_says_how():
+    engine = Engine(settings(), cache=False)
+    with pytest.raises(RuntimeError, match="async with"):
+        await engine.run_response(tag("search", "d", query="q"))
+    with pytest.raises(RuntimeError, match="async with"):
+        engine.session()
+    from llmi.protocol import validate
+
+    with pytest.raises(RuntimeError, match="async with"):
+        await engine.execute(validate(json.dumps({"source": "search", "description": "d", "params": {"query": "q"}}), 0))
+    async with engine:
+        doc = await engine.run_response(tag("search", "d", query="q"))
+        assert isinstance(doc.slots[0], ImageBlock)
+    with pytest.raises(RuntimeError, match="async with"):  # closed again: its clients are gone
+        await engine.run_response(tag("search", "d", query="q"))
+
+
+async def test_retry_after_beyond_max_backoff_gives_up_instead_of_retrying_early():
+    # retrying before the server's Retry-After only earns another 429; the chain moves on instead
+    s = settings(
+        tools={"search": {"retries": 3, "max_backoff_s": 0.05, "backends": ["fake", "fake2"]}},
+        backends={"search": {"fake": {"fail_times": 9, "retry_after": 60}}},
+    )
+    t0 = time.monotonic()
+    doc = await run(tag("search", "d", query="q"), s)
+    assert time.monotonic() - t0 < 1
+    img = doc.slots[0]
+    assert isinstance(img, ImageBlock) and img.provenance["backend"] == "fake2"
+    assert [c[1] for c in RECORD.calls] == ["fake", "fake2"]  # one attempt, not four
+    assert "retry after 60 s" in img.provenance["fallback_from"][0] and "max_backoff_s" in img.provenance["fallback_from"][0]
+
+    s = settings(tools={"search": {"retries": 3, "max_backoff_s": 0.05}}, backends={"search": {"fake": {"fail_times": 9, "retry_after": 60}}})
+    f = (await run(tag("search", "d", query="q2"), s)).slots[0]
+    assert isinstance(f, FailureBlock) and f.kind == "rate_limited" and "60" in f.reason
+
+
+async def test_timeouts_count_per_attempt_and_are_retried():
+    s = settings(tools={"search": {"timeout_s": 0.1, "retries": 2, "backoff_s": 0.01}}, backends={"search": {"fake": {"delay": 5}}})
+    t0 = time.monotonic()
+    f = (await run(tag("search", "d", query="q"), s)).slots[0]
+    assert 0.3 <= time.monotonic() - t0 < 2
+    assert RECORD.attempts["q"] == 3
+    assert f.kind == "timeout" and "after 3 attempts" in f.reason
+
+
+async def test_usable_tools_only_count_chain_entries_that_can_serve_the_tool():
+    s = settings(tools={"edit": {"backends": ["diffusion:fake"]}, "code": {"backends": ["search:fake"]}, "search": {"backends": ["diffusion:fake"]}})
+    async with Engine(s, cache=False) as engine:
+        assert engine.usable_tools() == ["search", "diffusion"]
+
+
+class _Garbage(fakes._Fake):
+    tool, name = "search", "garbage"
+
+    async def run(self, request):
+        return {"image": "not a ToolResult"}
+
+
+async def test_a_backend_returning_garbage_falls_through_the_chain():
+    from llmi.tools import registry
+
+    registry.register(_Garbage)
+    try:
+        s = settings(tools={"search": {"backends": ["garbage", "fake"]}})
+        img = (await run(tag("search", "d", query="q"), s)).slots[0]
+        assert isinstance(img, ImageBlock) and img.provenance["backend"] == "fake"
+        assert "garbage" in img.provenance["fallback_from"][0] and "ToolResult" in img.provenance["fallback_from"][0]
+        s = settings(tools={"search": {"backends": ["garbage"]}})
+        f = (await run(tag("search", "d", query="q"), s)).slots[0]
+        assert isinstance(f, FailureBlock) and f.kind == "internal_error"
+    finally:
+        registry.unregister("search", "garbage")
+
+
+async def test_identical_calls_in_flight_are_coalesced_when_caching():
+    s = settings(backends={"search": {"fake": {"delay": 0.2}}})
+    resp = tag("search", "a", query="same") + tag("search", "b", query="same") + tag("search", "c", query="other")
+    doc = await run(resp, s, cache=Cache(":memory:"))
+    assert sorted(c[2]["query"] for c in RECORD.calls) == ["other", "same"]  # "same" ran once
+    a, b, _ = doc.slots
+    assert a.image == b.image and b.description == "b"
+    assert [bool(x.provenance.get("cached")) for x in (a, b)] == [False, True]
+    # without a cache each tag is its own call (a diffusion model may be asked twice on purpose)
+    RECORD.__init__()
+    await run(resp, s, cache=False)
+    assert len(RECORD.calls) == 3
+
+
+async def test_a_coalesced_failure_is_shared_and_a_cancelled_leader_does_not_cancel_followers():
+    s = settings(backends={"search": {"fake": {"fail_kind": "permanent", "delay": 0.05}}})
+    doc = await run(tag("search", "a", query="q") + tag("search", "b", query="q"), s, cache=Cache(":memory:"))
+    assert [f.kind for f in doc.slots] == ["no_result", "no_result"] and len(RECORD.calls) == 1
+
+    RECORD.__init__()
+    s = settings(backends={"search": {"fake": {"delay": 0.2}}})
+    async with Engine(s, cache=Cache(":memory:")) as engine:
+        first, second = engine.session(), engine.session()
+        for seg in engine_parse(tag("search", "a", query="q")):
+            first.add(seg)
+        await asyncio.sleep(0.05)
+        for seg in engine_parse(tag("search", "b", query="q")):
+            second.add(seg)
+        await asyncio.sleep(0.02)
+        await first.cancel()
+        doc = await second.finish()
+    assert isinstance(doc.slots[0], ImageBlock)
+    assert RECORD.attempts["q"] == 2  # the follower ran the call itself once the leader was cancelled
+
+
+def engine_parse(resp):
+    from llmi.protocol import parse_response
+
+    return parse_response(resp).segments
+
+
+async def test_cancel_then_finish_keeps_each_slot_with_its_tool():
+    s = settings(backends={"diffusion": {"fake": {"delay": 5}}})
+    events = []
+    async with Engine(s, cache=False) as engine:
+        session = engine.session(on_event=events.append)
+        for seg in engine_parse("a" + tag("diffusion", "slow", prompt="p") + tag("edit", "e", img_index=0, prompt="x") + "b"):
+            session.add(seg)
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await session.cancel()
+        doc = await session.finish()
+        assert time.monotonic() - t0 < 1
+    assert doc.text == "ab"
+    assert [(f.tool, f.kind, f.description) for f in doc.slots] == [("diffusion", "cancelled", "slow"), ("edit", "cancelled", "e")]
+    assert sorted(e.index for e in events if isinstance(e, ToolFinished)) == [0, 1]  # progress displays finish
+
+
+async def test_edit_of_an_invalid_tag_fails_with_that_reason():
+    resp = "<imgen>{'source': 'search'}</imgen>" + tag("edit", "e", img_index=0, prompt="p")
+    doc = await run(resp)
+    bad, e = doc.slots
+    assert bad.kind == "missing_key"
+    assert e.kind == "dependency_failed" and "index 0" in e.reason and "missing_key" in e.reason
+    assert RECORD.calls == []
+
+
+def test_cache_keys_are_stable_and_encodable():
+    from llmi.cache import call_key
+
+    a = call_key("search", "x", {"query": "été 月", "n": 1}, {"model": "m", "size": [1, 2]}, None)
+    b = call_key("search", "x", {"n": 1, "query": "été 月"}, {"size": [1, 2], "model": "m"}, None)
+    assert a == b and len(a) == 64
+    assert call_key("search", "x", {"query": "e\u0301te"}, {}, None) != call_key("search", "x", {"query": "ète"}, {}, None)
+    # a lone surrogate (which the protocol replaces, but a library caller may pass) must not crash
+    assert len(call_key("search", "x", {"query": "\ud800"}, {}, None)) == 64
+
+
+async def test_event_handler_errors_do_not_break_the_run():
+    def handler(event):
+        raise ValueError("display broke")
+
+    async with Engine(settings(), cache=False) as engine:
+        doc = await engine.run_response(tag("search", "d", query="q") + "<imgen>{bad</imgen>", on_event=handler)
+    assert isinstance(doc.slots[0], ImageBlock) and doc.slots[1].kind == "unparseable_payload"
+
+
+async def test_one_engine_shared_by_concurrent_runs_shares_backends_and_limits():
+    s = settings(backends={"search": {"fake": {"delay": 0.05, "concurrency": 1}}})
+    async with Engine(s, cache=False) as engine:
+        docs = await asyncio.gather(*(engine.run_response(tag("search", "d", query=f"q{i}")) for i in range(4)))
+        assert len([k for k in engine._instances if k == ("search", "fake")]) == 1
+    assert all(isinstance(d.slots[0], ImageBlock) for d in docs)
+    assert RECORD.peak == 1  # the per-backend limit holds across runs
+
+
+async def test_unicode_params_through_the_cache(tmp_path):
+    cache = Cache(tmp_path / "c.sqlite")
+    resp = "<imgen>{'source': 'search', 'description': '塔 \\ud83d\\ude00', 'params': {'query': 'tour \\ud800 été'}}</imgen>"
+    doc = await run(resp, cache=cache)
+    assert isinstance(doc.slots[0], ImageBlock), doc.slots[0]
+    doc2 = await run(resp, cache=cache)
+    assert doc2.slots[0].provenance.get("cached") is True
+    cache.close()

@@ -236,6 +236,12 @@ SAMPLES = [
     "<think>reason " + tag(DIFF) + "</think>Story: " + tag(DIFF) + tag(edit(0)) + "\nfin",
     "```python\n" + tag(CODE) + "\n```\nHere is an image:\n" + tag("{'source': 'code', 'description': '图', 'params': {'code': 'plt.title(\"图表\")'}}") + "<imgen>{oops",
     "<imgen" + "> not a tag <im" + "gen>" + json.dumps(SEARCH) + "</imgen></imgen> trailing <",
+    # CommonMark fences: nested, mismatched, inline triple backticks, think markers inside a fence, CRLF
+    "````md\r\n```python\r\n" + tag(CODE) + "\r\n```\r\n<think>x</think>\r\n````\r\n```a`b\r\n"
+    + tag(SEARCH) + "\r\n~~~\r\n" + tag(DIFF) + "\r\n```\r\n~~~~\r\nHere is the chart:\r\n" + tag(edit(1)),
+    # long enough that the buffer is compacted (> 4096 consumed) with remembered searches still pending
+    "p" * 4300 + "<imgen>" + "{'source': 'code', 'description': 'd', 'params': {'code': '" + "q" * 200 + "'}}"
+    + "</imgen>" + "r" * 50 + "<imgen>{'a'" + "<think>s" * 3 + "</think>" + tag(SEARCH) + "\n```\n" + tag(CODE) + "</thi",
 ]
 
 
@@ -258,7 +264,7 @@ def _normalise(segs):
     return out
 
 
-@pytest.mark.parametrize("sample", SAMPLES)
+@pytest.mark.parametrize("sample", SAMPLES, ids=[f"sample{i}" for i in range(len(SAMPLES))])
 def test_stream_split_at_every_position_matches_batch(sample):
     batch = parse_response(sample, 1)
     from llmi.protocol import count_tags
@@ -270,7 +276,7 @@ def test_stream_split_at_every_position_matches_batch(sample):
         assert violations == batch.violations, f"split at {i}"
 
 
-@pytest.mark.parametrize("sample", SAMPLES)
+@pytest.mark.parametrize("sample", SAMPLES, ids=[f"sample{i}" for i in range(len(SAMPLES))])
 def test_stream_one_char_at_a_time_and_three_way_splits(sample):
     batch = parse_response(sample, 1)
     from llmi.protocol import count_tags
@@ -335,3 +341,145 @@ def test_streaming_reclassifies_edits_past_the_end_once_the_response_is_complete
     assert p.amended[1].kind is TagErrorKind.INDEX_OUT_OF_RANGE == batch.slots[1].kind
     assert 2 not in p.amended  # a genuine forward reference stays one
     assert p.violations == batch.violations
+
+
+# ---------------------------------------------------------------- review: edge cases found later
+
+
+def test_lone_surrogates_are_replaced_and_escaped_pairs_joined():
+    # JSON joins an escaped surrogate pair itself; a Python literal does not, and a lone surrogate from
+    # either cannot be encoded as UTF-8 (cache keys, documents and HTML would crash further on).
+    py = "{'source': 'code', 'description': 'smile \\ud83d\\ude00', 'params': {'code': 'plt.title(\"\\ud800\")'}}"
+    js = '{"source": "code", "description": "smile \\ud83d\\ude00", "params": {"code": "plt.title(\\"\\udfff\\")"}}'
+    for payload in (py, js):
+        call = validate(payload, 0)
+        assert isinstance(call, ToolCall), call
+        assert call.description == "smile \U0001f600"
+        assert call.params["code"] == 'plt.title("\ufffd")'
+        call.params["code"].encode("utf-8")
+    bad = validate('{"source": "\\ud800", "description": "\\udc00", "params": {}}', 0)
+    assert isinstance(bad, InvalidTag) and bad.kind is TagErrorKind.UNKNOWN_SOURCE
+    bad.reason.encode("utf-8")
+    bad.description.encode("utf-8")
+
+
+@pytest.mark.parametrize("info", ["json", "json5", "python3", "py", "jsonc", "JSON", "", "json-ld"])
+def test_fenced_payload_with_any_info_string(info):
+    assert validate(f"```{info}\n" + json.dumps(CODE) + "\n```", 0).params == CODE["params"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "[" * 100_000 + "]" * 100_000,  # RecursionError in json, MemoryError/RecursionError in the parser
+        '{"a": ' * 50_000 + "1" + "}" * 50_000,
+        "{'source': 'edit', 'description': 'd', 'params': {'img_index': " + "9" * 100_000 + ", 'prompt': 'p'}}",
+        '{"source": "edit", "description": "d", "params": {"img_index": ' + "9" * 100_000 + ', "prompt": "p"}}',
+        "{'source': 'edit', 'description': 'd', 'params': {'img_index': 10**100000, 'prompt': 'p'}}",
+        "{'source': 'code', 'description': 'd', 'params': {'code': 'x\x00'}}",
+        "{{}: 1}",
+        "\ufeff" + json.dumps({"source": "code", "description": "", "params": {"code": "x"}}),
+    ],
+    ids=["deep-list", "deep-dict", "huge-int-py", "huge-int-json", "power", "nul", "unhashable-key", "bom-empty"],
+)
+def test_hostile_payloads_are_contained(payload):
+    r = validate(payload, 0, 1, 1)
+    assert isinstance(r, InvalidTag)
+    assert len(r.reason) < 400
+
+
+def test_bom_crlf_tabs_trailing_commas_and_close_tag_in_code():
+    ok = [
+        "\ufeff" + json.dumps(CODE),
+        '{"source": "code",\r\n "description": "d",\r\n "params": {"code": "x",},}',
+        "{\t'source':\t'code', 'description': 'd', 'params': {'code': 'a\tb'}}",
+        "{'source': 'code', 'description': 'd', 'params': {'code': 'a = 1\r\nb = 2'}}",
+    ]
+    for payload in ok:
+        assert isinstance(validate(payload, 0), ToolCall), payload
+    # a "</imgen>" inside a string ends the tag: the tag protocol has no escape, the payload is cut
+    r = parse_response('<imgen>{"source": "code", "description": "d", "params": {"code": "print(\'</imgen>\')"}}</imgen>')
+    assert r.slots[0].kind is TagErrorKind.UNPARSEABLE
+
+
+def test_escape_state_machine_with_escaped_quotes_backslashes_and_triple_quotes():
+    cases = {
+        "{'source': 'code', 'description': 'd', 'params': {'code': 'a = \\'x\\'\nb = \"y\"'}}": "a = 'x'\nb = \"y\"",
+        "{'source': 'code', 'description': 'd', 'params': {'code': 'p = \"C:\\\\\\\\\"\nq = 1'}}": 'p = "C:\\\\"\nq = 1',
+        "{'source': 'code', 'description': 'd', 'params': {'code': '''a = 'x'\nb = \"\"\"y\"\"\"\n'''}}": "a = 'x'\nb = \"\"\"y\"\"\"\n",
+        '{"source": "code", "description": "it\'s", "params": {"code": "s = \'\'\nt = 1"}}': "s = ''\nt = 1",
+        "{'source': 'code', 'description': '', 'params': {'code': 'x'}}": None,
+    }
+    for payload, code in cases.items():
+        r = validate(payload, 0)
+        if code is None:
+            assert isinstance(r, InvalidTag) and r.kind is TagErrorKind.EMPTY_VALUE
+        else:
+            assert isinstance(r, ToolCall), (payload, r)
+            assert r.params["code"] == code
+
+
+def test_think_markers_inside_a_code_fence_are_text():
+    # a fenced example of the think syntax must not swallow the rest of the answer as reasoning
+    text = "Format:\n```\n<think>plan</think>\n```\nAnswer " + tag(CODE) + " done"
+    r = parse_response(text)
+    assert "<think>plan</think>" in r.text and r.text.endswith(" done")
+    assert len(r.calls) == 1 and not r.violations
+    r = parse_response("Format:\n```\n<think>\n```\nAnswer " + tag(CODE) + " done")
+    assert len(r.calls) == 1 and r.text.endswith(" done")
+
+
+@pytest.mark.parametrize(
+    "text, fenced",
+    [
+        # CommonMark: a fence closes only with the same character, at least as long, and no info string
+        ("```\n```python\n" + tag(CODE) + "\n```\n", True),
+        ("```\n~~~\n" + tag(CODE) + "\n```\n", True),
+        ("````markdown\n```\n" + tag(CODE) + "\n```\n````\n", True),
+        ("````\n```\n````\n" + tag(CODE), False),
+        # a line starting with backticks and containing more is inline code, not a fence
+        ("```print()``` is inline code.\n" + tag(CODE), False),
+        ("``` a ` b\n" + tag(CODE), False),
+        ("~~~ a ` b\n" + tag(CODE) + "\n~~~\n", True),
+        ("    ```\n" + tag(CODE), False),  # indented four spaces: code block text, not a fence
+        ("   ```\n" + tag(CODE) + "\n   ```  \n" + tag(CODE), True),
+        ("```python\r\n" + tag(CODE) + "\r\n```\r\n" + tag(SEARCH), True),
+        ("<think>\n```\n</think>\n" + tag(CODE), False),  # a fence opened in reasoning does not leak out
+        ("```\nnever closed\n" + tag(CODE), True),
+    ],
+)
+def test_fence_rules(text, fenced):
+    r = parse_response(text)
+    assert any(v.kind == "fenced_tag" for v in r.violations) is fenced
+    assert len(r.calls) >= (0 if fenced else 1)
+    if fenced:
+        assert tag(CODE) in r.text
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "Here's why photos fade over time.",
+        "Here is how the visual cortex works.",
+        "The following section covers image processing in depth, from filters to transforms, with examples.",
+        "Image quality matters.",
+        "## Chart",
+        "Figure 1: monthly sales",
+        "以下是我们的分析。",
+    ],
+)
+def test_filler_detection_leaves_ordinary_prose_alone(before):
+    assert is_filler(before) is False
+
+
+def test_compaction_keeps_remembered_searches_valid():
+    # > 4096 characters consumed while a tag is open: the next feed compacts the buffer and shifts the
+    # remembered (negative) searches for the close tag; the tag must still close where it does
+    p = StreamParser()
+    first = p.feed("p" * 4300 + "<imgen>{'source': 'code', 'description': 'd', ")
+    assert first == [Text("p" * 4300)]
+    segs = p.feed("'params': {'code': 'x'}}</im") + p.feed("gen> after" + tag(SEARCH))
+    assert len(p._buf) < 4300  # compacted
+    segs += p.close()
+    assert [type(s).__name__ for s in segs] == ["ToolCall", "Text", "ToolCall"]
+    assert segs[0].params == {"code": "x"} and segs[2].index == 1

@@ -34,7 +34,9 @@ def call_key(tool: str, backend: str, params: dict[str, Any], identity: dict[str
     """The cache key of one call: a sha256 over a canonical JSON of everything that shapes the output."""
     doc = {"v": 1, "tool": tool, "backend": backend, "identity": identity, "params": params, "input": input_sha256}
     canon = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate (which the protocol replaces, but a library caller may pass) hashes
+    # instead of raising
+    return hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Cache:

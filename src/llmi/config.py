@@ -16,12 +16,13 @@ environment variable a backend names, never from the command line.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -60,11 +61,13 @@ class ToolSettings(_Section):
         default_factory=list,
         description="fallback chain: backend names of this tool, or 'tool:name' for another tool",
     )
-    concurrency: int = 4
-    timeout_s: float = 120.0
-    retries: int = 2
-    backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
+    concurrency: int = Field(4, ge=1, description="calls of this tool at once")
+    timeout_s: float = Field(120.0, gt=0, description="seconds per attempt")
+    retries: int = Field(2, ge=0, description="extra attempts after a transient failure")
+    backoff_s: float = Field(1.0, ge=0, description="first wait between attempts; doubled per retry, with jitter")
+    max_backoff_s: float = Field(
+        30.0, ge=0, description="longest wait; a Retry-After above it ends the retries (the chain moves on)"
+    )
     cache: bool = True
 
 
@@ -155,6 +158,14 @@ class Settings(_Section):
     #: The folder of the config file these settings came from (relative paths in it are relative to it).
     _config_dir: Path | None = PrivateAttr(None)
 
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, tools: dict[str, ToolSettings]) -> dict[str, ToolSettings]:
+        unknown = sorted(set(tools) - set(_default_tools()))
+        if unknown:  # a misspelt [tools.serach] table would otherwise be ignored without a word
+            raise ValueError(f"unknown tool(s) {', '.join(unknown)}; the tools are {', '.join(_default_tools())}")
+        return tools
+
     def resolve_path(self, path: str | os.PathLike) -> Path:
         """A path from the settings: ``~`` expanded; a relative one is taken relative to the config file's
         folder when the settings came from a file, else to the current directory."""
@@ -198,20 +209,39 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
+def _env_value(value: str) -> Any:
+    """An environment value: JSON when it looks like a list or table (``'["a", "b"]'``, ``'{"k": 1}'``),
+    else the string, which pydantic converts (``"1"``/``"true"`` for booleans, numbers)."""
+    if value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass  # left as a string: the field's validation error names the variable's section and key
+    return value
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    owner: dict[tuple[str, ...], str] = {}  # the variable that set each value
     short = {"LLMI_BASE_URL": ("llm", "base_url"), "LLMI_MODEL": ("llm", "model"), "LLMI_API_KEY": ("llm", "api_key")}
     for var, (sec, key) in short.items():
         if environ.get(var):
             out.setdefault(sec, {})[key] = environ[var]
-    for var, value in environ.items():
-        if not var.startswith("LLMI_") or "__" not in var:
+            owner[(sec, key)] = var
+    for var, value in sorted(environ.items()):
+        if not var.startswith("LLMI_") or "__" not in var or value == "":  # set but empty: unset
             continue
         path = var[5:].lower().split("__")
         node = out
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
-        node[path[-1]] = value
+            if not isinstance(node, dict):
+                raise ConfigError(f"{var} sets a key inside {owner[tuple(path[: depth + 1])]}, which is a value; unset one of them")
+        if isinstance(node.get(path[-1]), dict):
+            inner = next(v for k, v in owner.items() if k[: len(path)] == tuple(path) and len(k) > len(path))
+            raise ConfigError(f"{var} is a value, but {inner} sets a key inside it; unset one of them")
+        node[path[-1]] = _env_value(value)
+        owner[tuple(path)] = var
     return out
 
 
@@ -226,13 +256,15 @@ def load_settings(
     cfg = find_config_file(path)
     if cfg is not None:
         try:
-            data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+            data = tomllib.loads(cfg.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Notepad) is skipped
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read config file {cfg}: it is not UTF-8 text ({exc})") from exc
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {cfg}: {exc}") from exc
     data = _deep_merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
     if overrides:
         data = _deep_merge(data, overrides)
-    if "tools" in data:  # partial tool tables merge over the defaults
+    if isinstance(data.get("tools"), dict):  # partial tool tables merge over the defaults (else: invalid below)
         defaults = {k: v.model_dump() for k, v in _default_tools().items()}
         data["tools"] = _deep_merge(defaults, data["tools"])
     try:

@@ -166,42 +166,77 @@ class Document:
     def from_dict(cls, d: dict[str, Any], *, base_dir: str | None = None) -> "Document":
         """Inverse of :meth:`to_dict`. ``path`` entries are read relative to ``base_dir`` and must stay
         inside it; image bytes are validated (type and size come from the bytes, not from the JSON).
-        Raises ValueError for a malformed document, ToolError for an unusable image, OSError for an
-        unreadable file.
-        """
 
+        Raises only :class:`ValueError` for a malformed document (wrong shape or types, unknown block type,
+        a path leaving ``base_dir``), :class:`~llmi.errors.ToolError` for image bytes that are no usable
+        image, and :class:`OSError` for an image file that cannot be read.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a document is a JSON object with a 'blocks' list, not {type(d).__name__}")
+        raw_blocks = d.get("blocks", [])
+        if not isinstance(raw_blocks, list):
+            raise ValueError(f"'blocks' must be a list, not {type(raw_blocks).__name__}")
         blocks: list[Block] = []
-        for b in d.get("blocks", []):
+        for i, b in enumerate(raw_blocks):
+            where = f"blocks[{i}]"
+            if not isinstance(b, dict):
+                raise ValueError(f"{where} must be an object, not {type(b).__name__}")
             t = b.get("type")
             if t == "text":
-                blocks.append(TextBlock(b["text"]))
+                blocks.append(TextBlock(_field(b, "text", str, where)))
             elif t == "image":
                 if "data_base64" in b:
-                    img = ImageData.from_bytes(base64.b64decode(b["data_base64"]))
+                    img = ImageData.from_bytes(base64.b64decode(_field(b, "data_base64", str, where)))
                 else:
-                    img = ImageData.from_file(_inside(base_dir or ".", b["path"]))
+                    img = ImageData.from_file(_inside(base_dir or ".", _field(b, "path", str, where)))
                 blocks.append(
                     ImageBlock(
                         image=img,
-                        tool=b["tool"],
-                        description=b.get("description", ""),
-                        params=b.get("params", {}),
-                        provenance=b.get("provenance", {}),
-                        elapsed_s=b.get("elapsed_s", 0.0),
+                        tool=_field(b, "tool", str, where),
+                        description=_field(b, "description", str, where, ""),
+                        params=_field(b, "params", dict, where, {}),
+                        provenance=_field(b, "provenance", dict, where, {}),
+                        elapsed_s=_field(b, "elapsed_s", (int, float), where, 0.0),
                     )
                 )
             elif t == "failure":
                 blocks.append(
                     FailureBlock(
-                        tool=b["tool"],
-                        reason=b["reason"],
-                        kind=b.get("kind", "tool_error"),
-                        description=b.get("description", ""),
-                        params=b.get("params", {}),
-                        elapsed_s=b.get("elapsed_s", 0.0),
+                        tool=_field(b, "tool", str, where),
+                        reason=_field(b, "reason", str, where),
+                        kind=_field(b, "kind", str, where, "tool_error"),
+                        description=_field(b, "description", str, where, ""),
+                        params=_field(b, "params", dict, where, {}),
+                        elapsed_s=_field(b, "elapsed_s", (int, float), where, 0.0),
                     )
                 )
             else:
-                raise ValueError(f"unknown block type {t!r}")
-        violations = [Violation(**v) for v in d.get("violations", [])]
+                raise ValueError(f"{where}: unknown block type {t!r}")
+        raw_violations = d.get("violations", [])
+        if not isinstance(raw_violations, list):
+            raise ValueError(f"'violations' must be a list, not {type(raw_violations).__name__}")
+        violations = []
+        for i, v in enumerate(raw_violations):
+            if not isinstance(v, dict):
+                raise ValueError(f"violations[{i}] must be an object, not {type(v).__name__}")
+            try:
+                violations.append(Violation(**v))
+            except TypeError as exc:
+                raise ValueError(f"violations[{i}]: {exc}") from exc
         return cls(blocks=blocks, violations=violations)
+
+
+_REQUIRED = object()
+
+
+def _field(block: dict[str, Any], key: str, types: type | tuple[type, ...], where: str, default: Any = _REQUIRED) -> Any:
+    """``block[key]`` checked against ``types`` (a bool is not a number), or ``default`` when absent."""
+    if key not in block:
+        if default is _REQUIRED:
+            raise ValueError(f"{where} has no {key!r}")
+        return default
+    value = block[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
+        expected = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise ValueError(f"{where}.{key} must be {expected}, not {type(value).__name__}")
+    return value

@@ -81,6 +81,8 @@ class Engine:
         self._ctx: BackendContext | None = None
         self._http = None
         self._fetcher = None
+        #: Cache key -> the result of that call while it runs, so an identical call awaits it instead.
+        self._inflight: dict[str, asyncio.Future] = {}
 
     # -- lifetime --------------------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -124,6 +126,7 @@ class Engine:
         if self.cache is not None and self._own_cache:
             self.cache.close()
         self.cache = None
+        self._ctx = None  # its clients are closed: a later run must not hand them to a backend
 
     # -- backends --------------------------------------------------------------------------------
     @property
@@ -161,7 +164,8 @@ class Engine:
                 chain = self.chain(tool)
             except ConfigError:
                 continue
-            if any(self.backend_status(t, n).usable for t, n in chain):
+            # an entry of another tool counts only if a call can be mapped onto it (as execute does)
+            if any(self.backend_status(t, n).usable for t, n in chain if t == tool or (tool, t) in _CROSS_TOOL):
                 usable.append(tool)
         return usable
 
@@ -181,6 +185,9 @@ class Engine:
 
     # -- running ---------------------------------------------------------------------------------
     def session(self, input_images: Sequence[ImageData] = (), on_event: EventHandler | None = None) -> "RunSession":
+        """A run of one response's tool calls. Raises RuntimeError outside ``async with Engine(...)``, where
+        every call would otherwise fail for want of the clients the engine opens."""
+        self.context  # noqa: B018 - raises with the fix when the engine is not open
         return RunSession(self, list(input_images), on_event)
 
     async def run_parsed(
@@ -198,7 +205,9 @@ class Engine:
         return await self.run_parsed(parse_response(response, len(input_images)), input_images, on_event)
 
     async def execute(self, call: ToolCall, input_image: ImageData | None = None) -> ImageBlock | FailureBlock:
-        """Run one valid call through its fallback chain. Never raises for tool failures."""
+        """Run one valid call through its fallback chain. Never raises for tool failures (a RuntimeError
+        outside ``async with``: that is the caller's mistake, not the tool's)."""
+        self.context  # noqa: B018
         t0 = time.monotonic()
         try:
             chain = self.chain(call.source)
@@ -266,20 +275,46 @@ class Engine:
     async def _run_backend(
         self, tool: str, backend: Backend, params: dict[str, Any], description: str, input_image: ImageData | None
     ) -> tuple[ToolResult, bool]:
+        """Run one backend call, or reuse it: from the cache, or — while an identical call is running —
+        by awaiting that call. Coalescing happens only when caching is on, since a cached run would give
+        the same image anyway; without a cache two identical diffusion tags are two samples.
+        Returns ``(result, reused)``."""
         ts: ToolSettings = self.settings.tool(tool)
-        key = None
-        if self.cache is not None and ts.cache:
-            key = call_key(tool, backend.name, params, backend.cache_identity(), input_image.sha256 if input_image else None)
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit, True
         request = ToolRequest(tool=tool, params=params, description=description, input_image=input_image)
-        result = await self._attempt(tool, backend, request, ts)
-        if key is not None:
+        if self.cache is None or not ts.cache:
+            return _checked(await self._attempt(tool, backend, request, ts), tool, backend), False
+        key = call_key(tool, backend.name, params, backend.cache_identity(), input_image.sha256 if input_image else None)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit, True
+        while (leader := self._inflight.get(key)) is not None:
+            try:
+                return await asyncio.shield(leader), True
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not leader.cancelled() or (me is not None and me.cancelling()):
+                    raise
+                # the run that was making it was cancelled, not this one: make it here
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        self._inflight[key] = fut
+        try:
+            result = _checked(await self._attempt(tool, backend, request, ts), tool, backend)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            raise
+        else:
+            fut.set_result(result)
             try:
                 self.cache.put(key, result)
             except Exception as exc:
                 log.warning("cache write failed: %s", exc)
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
         return result, False
 
     async def _attempt(self, tool: str, backend: Backend, request: ToolRequest, ts: ToolSettings) -> ToolResult:
@@ -299,6 +334,14 @@ class Engine:
                 if ts.retries:
                     raise TransientToolError(f"{err} (after {ts.retries + 1} attempts)", kind=err.kind) from err
                 raise err
+            if err.retry_after is not None and err.retry_after > ts.max_backoff_s:
+                # retrying sooner than the service asked only earns another refusal; let the chain move on
+                raise TransientToolError(
+                    f"{err}; the service asks to retry after {err.retry_after:g} s, longer than "
+                    f"tools.{tool}.max_backoff_s ({ts.max_backoff_s:g} s), so it was not retried",
+                    kind=err.kind,
+                    retry_after=err.retry_after,
+                ) from err
             if err.retry_after is not None:
                 delay = err.retry_after
             else:
@@ -307,6 +350,22 @@ class Engine:
             log.info("%s.%s: %s; retrying in %.1f s", tool, backend.name, err, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    """Mark a coalesced call's exception as seen: it is raised in the call that made it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _checked(result: Any, tool: str, backend: Backend) -> ToolResult:
+    """A backend's return value, if it is a usable ToolResult; else a ToolError so the chain moves on."""
+    if isinstance(result, ToolResult) and isinstance(result.image, ImageData) and isinstance(result.provenance, dict):
+        return result
+    raise ToolError(
+        f"backend {tool}.{backend.name} returned {type(result).__name__}, not a ToolResult with an ImageData",
+        kind="internal_error",
+    )
 
 
 class RunSession:
@@ -318,6 +377,7 @@ class RunSession:
         self.on_event = on_event
         self._items: list[TextBlock | asyncio.Task] = []
         self._slots: list[asyncio.Task] = []
+        self._segments: list[ToolCall | InvalidTag] = []  # what each slot was asked, for cancelled ones
 
     def _emit(self, event) -> None:
         if self.on_event is not None:
@@ -341,12 +401,16 @@ class RunSession:
             self._emit(ToolStarted(segment.index, getattr(segment, "source", None) or "unknown", segment.description))
             task = asyncio.ensure_future(self._run_slot(segment))
             self._slots.append(task)
+            self._segments.append(segment)
             self._items.append(task)
 
     async def _run_slot(self, seg: ToolCall | InvalidTag) -> ImageBlock | FailureBlock:
         t0 = time.monotonic()
         try:
             block = await self._slot_block(seg)
+        except asyncio.CancelledError:
+            self._emit(ToolFinished(seg.index, _cancelled(seg), time.monotonic() - t0))
+            raise
         except Exception as exc:  # never lose the other slots
             log.exception("slot %d crashed", seg.index)
             block = FailureBlock(getattr(seg, "source", None) or "unknown", f"internal error: {type(exc).__name__}: {exc}", "internal_error")
@@ -364,7 +428,14 @@ class RunSession:
                 input_image = self.input_images[dep]
             else:
                 # validation guarantees dep refers to an earlier slot
-                prior = await asyncio.shield(self._slots[dep - n])
+                target = self._slots[dep - n]
+                try:
+                    prior = await asyncio.shield(target)
+                except asyncio.CancelledError:
+                    me = asyncio.current_task()
+                    if not target.cancelled() or (me is not None and me.cancelling()):
+                        raise
+                    prior = _cancelled(self._segments[dep - n])
                 if isinstance(prior, FailureBlock):
                     return FailureBlock(
                         seg.source,
@@ -393,7 +464,7 @@ class RunSession:
                 seg = amended[slot]
                 blocks.append(FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description))
             elif item.cancelled():
-                blocks.append(FailureBlock("unknown", "the run was cancelled before this tool finished", "cancelled"))
+                blocks.append(_cancelled(self._segments[slot]))
             else:
                 blocks.append(item.result())
         return Document(blocks=blocks, violations=list(violations), input_images=list(self.input_images))
@@ -402,3 +473,14 @@ class RunSession:
         for t in self._slots:
             t.cancel()
         await asyncio.gather(*self._slots, return_exceptions=True)
+
+
+def _cancelled(seg: ToolCall | InvalidTag) -> FailureBlock:
+    params = seg.params if isinstance(seg, ToolCall) else {}
+    return FailureBlock(
+        getattr(seg, "source", None) or "unknown",
+        "the run was cancelled before this tool finished",
+        "cancelled",
+        seg.description,
+        params,
+    )

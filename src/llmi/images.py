@@ -81,6 +81,8 @@ class ImageData:
                         kind="image_too_large",
                     )
                 im.load()  # full decode: catches truncated files
+                if _orientation(im) in _SIDEWAYS:  # shown rotated by a quarter turn: report the upright size
+                    width, height = height, width
         except ToolError:
             raise
         except Image.DecompressionBombError as exc:
@@ -135,8 +137,28 @@ class ImageData:
         return cls(data=buf.getvalue(), mime=mime, width=image.width, height=image.height)
 
     def to_pil(self):
-        from PIL import Image
+        """The decoded image, upright: an EXIF orientation (phone photos are stored sideways) is applied,
+        so the pixels match :attr:`width`/:attr:`height` and what a browser shows."""
+        from PIL import Image, ImageOps
 
         im = Image.open(io.BytesIO(self.data))
         im.load()
+        if _orientation(im) in range(2, 9):
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # noqa: BLE001 - a malformed EXIF block leaves the image as stored
+                pass
         return im
+
+
+#: EXIF orientations that turn the image by a quarter turn (width and height swap on display).
+_SIDEWAYS = (5, 6, 7, 8)
+
+
+def _orientation(im) -> int:
+    """The EXIF Orientation tag (1 = as stored), 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not make a valid image unusable
+        return 1
+    return value if isinstance(value, int) else 1

@@ -188,21 +188,42 @@ def _escape_raw_newlines(payload: str) -> str:
     return "".join(out)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_strings(obj: Any) -> Any:
+    """Join surrogate pairs and replace lone surrogates with U+FFFD, in every string of ``obj``.
+
+    ``"\\ud83d\\ude00"`` in a Python literal decodes to two surrogates rather than one emoji, and a lone
+    surrogate from either format is a ``str`` that cannot be written as UTF-8 — cache keys, JSON documents
+    and HTML would fail on it far from the tag that caused it.
+    """
+    if isinstance(obj, str):
+        if _SURROGATE.search(obj):
+            return obj.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return obj
+    if isinstance(obj, dict):
+        return {_clean_strings(k): _clean_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean_strings(v) for v in obj]
+    return obj
+
+
 def decode_payload(payload: str) -> Any:
     """Decode a tag payload written as JSON or as a Python literal. Raises ValueError if neither."""
-    text = payload.strip()
-    # Models sometimes wrap the payload in a code fence inside the tag.
-    m = re.fullmatch(r"```[a-zA-Z]*\s*(.*?)\s*```", text, re.DOTALL)
+    text = payload.strip().lstrip("\ufeff").strip()
+    # Models sometimes wrap the payload in a code fence inside the tag (any info string: json, json5, py3).
+    m = re.fullmatch(r"```[\w.+-]*\s*(.*?)\s*```", text, re.DOTALL)
     if m:
         text = m.group(1)
     errors = []
     for candidate in (text, _escape_raw_newlines(text)):
         try:
-            return json.loads(candidate, strict=False)
+            return _clean_strings(json.loads(candidate, strict=False))
         except (ValueError, RecursionError) as exc:
             errors.append(exc)
         try:
-            return ast.literal_eval(candidate)
+            return _clean_strings(ast.literal_eval(candidate))
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
             errors.append(exc)
     raise ValueError(f"payload is neither JSON nor a Python literal ({errors[0]})")
@@ -314,7 +335,31 @@ def validate(
 # Format checks
 # ------------------------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.DOTALL)
+#: How much of a line is kept to recognise a fence (the marker and enough of an info string).
+_FENCE_LINE_CHARS = 256
+
+
+def _next_fence(fence: tuple[str, int] | None, line: str) -> tuple[str, int] | None:
+    """The open fence (character, length) after ``line``, by the CommonMark rules.
+
+    A fence opens with three or more backticks or tildes (at most three spaces of indent); a backtick
+    fence's info string may not contain a backtick (```` ```x``` ```` is inline code). It closes only with
+    the same character, at least as many of them, and nothing after but spaces — so ```` ```python ````
+    inside a fence, or ``~~~`` inside a backtick fence, is content.
+    """
+    m = _FENCE.match(line)
+    if m is None:
+        return fence
+    run, info = m.group(1), m.group(2)
+    if fence is None:
+        if run[0] == "`" and "`" in info:
+            return None
+        return run[0], len(run)
+    char, length = fence
+    if run[0] == char and len(run) >= length and not info.strip():
+        return None
+    return fence
 _IMAGE_WORDS = r"(?:image|picture|photo(?:graph)?|chart|graph|figure|illustration|diagram|visual(?:ization)?|plot|rendering)s?"
 _FILLER = re.compile(
     r"(?:\b(?:here(?:'s| is| are)|below (?:is|are)|the following|as (?:shown|seen|illustrated) below|"
@@ -324,8 +369,12 @@ _FILLER = re.compile(
 )
 
 
+#: A short line that *starts* by presenting an image: the image word comes right after the phrase or after
+#: a determiner and at most three words ("Here is an image of", "Here's the sales chart"), so prose such
+#: as "Here's why photos fade" is not flagged.
 _FILLER_START = re.compile(
-    r"^\W*(?:here(?:'s| is| are)|below (?:is|are)|the following|see the|take a look at|check out)\b[^.\n]{0,60}\b"
+    r"^\W*(?:here(?:'s| is| are)|below (?:is|are)|the following|see|take a look at|check out)\s+"
+    r"(?:(?:a|an|the|this|these|that|those|our|my|your|its|their|some|another|one|two|three)\s+(?:[^\s.]+\s+){0,3}?)?"
     + _IMAGE_WORDS + r"\b",
     re.IGNORECASE,
 )
@@ -393,7 +442,7 @@ class StreamParser:
         self._offset = 0  # offset in the raw response of the cursor
         self._tag_start = 0
         self._next_index = 0
-        self._in_fence = False
+        self._fence: tuple[str, int] | None = None  # the open code fence: (character, length)
         self._line = ""  # the current (unfinished) line of visible text, for fence tracking
         self._tail = ""  # recent visible text, for filler detection
         self._text: list[str] = []  # visible text not yet returned as a Text segment
@@ -463,9 +512,8 @@ class StreamParser:
         self._tail = (self._tail + text[-400:])[-400:]
         parts = (self._line + text).split("\n")
         for line in parts[:-1]:
-            if _FENCE.match(line):
-                self._in_fence = not self._in_fence
-        self._line = parts[-1][:16]  # a fence is recognised by a line's start; keep no more
+            self._fence = _next_fence(self._fence, line)
+        self._line = parts[-1][:_FENCE_LINE_CHARS]  # a fence is recognised by a line's start; keep no more
 
     def _consume(self, n: int) -> str:
         s = self._buf[self._pos : self._pos + n]
@@ -506,10 +554,13 @@ class StreamParser:
                     break
                 pos, marker = min(positions)
                 self._visible(self._consume(pos), out)
-                if marker == OPEN_TAG and self._in_fence:
-                    self.violations.append(
-                        Violation("fenced_tag", "a tag inside a Markdown code fence is shown as text, not run", None, self._offset)
-                    )
+                if self._fence is not None:
+                    # inside a code fence every marker is text: a tag is shown, not run (a violation);
+                    # a think marker is an example of the syntax, not reasoning
+                    if marker == OPEN_TAG:
+                        self.violations.append(
+                            Violation("fenced_tag", "a tag inside a Markdown code fence is shown as text, not run", None, self._offset)
+                        )
                     self._visible(self._consume(len(marker)), out)
                     continue
                 start = self._offset
