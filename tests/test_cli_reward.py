@@ -178,3 +178,23 @@ def test_ctrl_c_then_resume_loses_nothing(tmp_path, judge_server):
     assert all(r["reward"]["score"] is not None for r in out)
     # the second run scored only the rows that were missing
     assert len(server.requests) - requests_before == 2 * (n_rows - len(first_lines))
+
+
+def test_rows_from_a_no_judges_run_are_scored_by_a_judged_run(tmp_path, judge_server):
+    # --no-judges rows have score null and no error: they are not "done" for a run with judges
+    write_jsonl(tmp_path / "in.jsonl", [row_with_document(i) for i in range(2)])
+    out_path = tmp_path / "out.jsonl"
+    assert invoke([str(tmp_path / "in.jsonl"), "-o", str(out_path), "--no-judges", "--no-progress"]).exit_code == 0
+    assert all(r["reward"]["score"] is None and r["reward"]["mllm"] == "off" for r in read_jsonl(out_path))
+    # another rules-only run has nothing left to do
+    again = invoke([str(tmp_path / "in.jsonl"), "-o", str(out_path), "--no-judges", "--no-progress"])
+    assert "2 already done" in " ".join(again.output.split())
+    with judge_server(reply) as (url, server):
+        result = invoke([
+            str(tmp_path / "in.jsonl"), "-o", str(out_path), "--llm-judge-url", url, "--llm-judge-model", "judge-1",
+            "--mllm-judge-url", url, "--mllm-judge-model", "judge-1", "--no-progress",
+        ])
+    assert result.exit_code == 0, result.output
+    out = read_jsonl(out_path)
+    assert [r["_line"] for r in out] == [0, 1] and all(r["reward"]["score"] is not None for r in out)
+    assert len(server.requests) == 4

@@ -302,3 +302,39 @@ def test_docstring_examples_hold():
     for module in (llmi.reward, llmi.scoring):
         failures, tried = doctest.testmod(module)
         assert tried > 0 and failures == 0, module.__name__
+
+
+# ------------------------------------------------------------------------------------------------
+# Review findings
+# ------------------------------------------------------------------------------------------------
+
+
+def test_fallback_keeps_the_empty_text_rule():
+    # "tags only → text 1" is a rule about the response, not a judgement: a judge outage under the
+    # fallback policy must not lift a tags-only answer to the neutral fallback text score
+    cfg = RewardConfig(on_judge_error="fallback", fallback_score=3.0)
+    r = assemble(_rules(), llm=None, llm_error="timeout", mllm=(4, 4, 4), mllm_error=None, mllm_source="judge", empty_text=True, cfg=cfg)
+    assert r.s_llm == pytest.approx(llm_component(1, 3))
+    assert r.fallback == ["llm_judge"] and r.text is None
+    r = assemble(_rules(), llm=None, llm_error="timeout", mllm=(4, 4, 4), mllm_error=None, mllm_source="judge", empty_text=False, cfg=cfg)
+    assert r.s_llm == pytest.approx(llm_component(3, 3))
+
+
+def test_judges_off_leaves_score_null_with_rule_parts():
+    # --no-judges: score is not a guess at R; the rule parts are there and nothing is an error
+    r = _rules(s_num=0.5, r_tool=0.25)
+    assert r.score is None and not r.dropped and r.mllm == "off"
+    assert r.to_dict()["s_num"] == 0.5 and r.to_dict()["r_tool"] == 0.25
+
+
+def test_dev_is_an_eval_split():
+    assert is_eval_split("dev") is True and is_eval_split("validation") is True
+
+
+def test_paper_extremes_end_to_end():
+    # no image asked, none made, perfect text: 0.2·1 + 0.3·1·1 + 0.5·1
+    r = assemble(_rules(s_num=image_count_score(-1, 0)), llm=(5, 5), llm_error=None, mllm=mllm_rule(0)[1], mllm_error=None, mllm_source="no_images", empty_text=False)
+    assert r.score == 1.0
+    # an image made where none was asked: S_num 0 removes both the count and the MLLM terms
+    r = assemble(_rules(s_num=image_count_score(-1, 1)), llm=(5, 5), llm_error=None, mllm=(5, 5, 5), mllm_error=None, mllm_source="judge", empty_text=False)
+    assert r.score == pytest.approx(0.5)

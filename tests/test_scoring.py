@@ -309,3 +309,32 @@ async def test_trl_reward_function_drop_and_group_mean(judge_server):
 
 def test_impute_group_mean_keeps_none_for_all_failed_groups():
     assert impute_group_mean([None, None, 1.0], ["a", "a", "b"]) == [None, None, 1.0]
+
+
+async def test_trl_missing_image_num_column_is_an_error_not_any_count():
+    # a dataset without image_num must not silently score every count as right (image_num 0 = any)
+    fn = reward_function()
+    with pytest.raises(ValueError, match="image_num"):
+        await fn(prompts=["P"], completions=["x"], tools=[[]])
+    await fn.aclose()
+
+
+async def test_trl_bad_cells_are_per_row_input_errors(judge_server):
+    with judge_server(standard) as (url, server):
+        fn = reward_function(settings_for(url))
+        rewards = await fn(
+            prompts=["P", "P", "P"],
+            completions=["Fine.", "Fine.", "Fine."],
+            image_num=[None, 0, 0],
+            tools=[[], "code", None],
+        )
+        stats = fn.stats()
+        await fn.aclose()
+    assert rewards[0] is None and rewards[1] is None and isinstance(rewards[2], float)
+    assert stats.errors["input"] == 2
+
+
+def test_trl_reward_function_refuses_judges_off():
+    # every reward would be None: TRL would train on nothing, silently
+    with pytest.raises(ValueError, match="judges"):
+        reward_function(scorer_kwargs={"judges": False})

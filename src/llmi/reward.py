@@ -31,7 +31,7 @@ SOME_IMAGES = 99  # at least one image, any number
 DEFAULT_TOOL_WEIGHTS: dict[str, float] = {"code": 0.4, "edit": 0.3, "search": 0.2, "diffusion": 0.1}
 
 TRAIN_SPLITS = frozenset({"train"})
-EVAL_SPLITS = frozenset({"test", "eval", "validation", "val"})
+EVAL_SPLITS = frozenset({"test", "eval", "validation", "val", "dev"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class RewardConfig:
     * ``empty_text_is_worst`` — a response with tags and no prose gets text score 1, as in the paper.
     * ``on_judge_error`` — what a judge that still fails after its retries does to the sample:
       ``"drop"`` (score ``None``; the sample carries no reward) or ``"fallback"`` (the failed scores are
-      replaced by ``fallback_score``, and the error is still reported). The reference implementation
+      replaced by ``fallback_score``, except that a tags-only response keeps text 1 under
+      ``empty_text_is_worst``; the error is still reported). The reference implementation
       silently used 1 — the worst score — which teaches the policy that a judge outage was its fault.
     """
 
@@ -276,7 +277,11 @@ class RewardResult:
     """Every component of one sample's reward, and what went wrong.
 
     ``score`` is ``None`` when the sample must not be trained on (a judge failed under the ``drop``
-    policy, the tools could not be run, the input was unusable) or when judges were switched off.
+    policy, the tools could not be run, the input was unusable) or when judges were switched off
+    (``llmi reward --no-judges``, ``RewardScorer(judges=False)``): ``R`` needs both judges, so without
+    them only the rule parts (``s_num``, ``r_tool``, ``r_attempt``, ``r_success``, ``n_images``,
+    ``violations``) are filled, ``mllm`` is ``"off"`` and ``errors`` stays empty — nothing failed,
+    nothing was guessed.
     ``errors`` maps a component (``llm_judge``, ``mllm_judge``, ``execute``, ``input``) to the reason.
     ``mllm`` says where the MLLM scores came from: ``judged``, ``no_images`` (nothing to judge; the
     configured scores are used in ``s_mllm`` but the reported scores stay ``None``),
@@ -360,16 +365,17 @@ def assemble(
     if mllm_error is not None:
         result.errors["mllm_judge"] = mllm_error
 
-    # LLM judge
+    # LLM judge. "Tags only → text 1" is a rule about the response, so it holds for a fallback too.
+    worst_text = empty_text and cfg.empty_text_is_worst
     if llm is not None:
         text, image = llm
-        if empty_text and cfg.empty_text_is_worst:
+        if worst_text:
             text = 1.0
         result.text, result.image = text, image
         llm_scores: tuple[float, float] | None = (text, image)
     elif cfg.on_judge_error == "fallback":
         result.fallback.append("llm_judge")
-        llm_scores = (cfg.fallback_score, cfg.fallback_score)
+        llm_scores = (1.0 if worst_text else cfg.fallback_score, cfg.fallback_score)
     else:
         llm_scores = None
 

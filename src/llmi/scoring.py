@@ -378,6 +378,8 @@ class RewardScorer:
         try:
             eval_split = is_eval_split(sample.split)
             image_num = check_image_num(sample.image_num)
+            if isinstance(sample.tools, (str, bytes)) or not all(isinstance(t, str) for t in sample.tools):
+                raise ValueError(f"tools must be a list of tool names, got {sample.tools!r}")
             unknown = [t for t in sample.tools if t not in cfg.tool_weights]
             if unknown:
                 raise ValueError(f"unknown tool(s) {unknown}; known: {', '.join(cfg.tool_weights)}")
@@ -508,10 +510,12 @@ async def score_batch(
 def impute_group_mean(rewards: Sequence[float | None], groups: Sequence[Any]) -> list[float | None]:
     """Replace each ``None`` by the mean of the scored rewards of its group (same prompt).
 
-    Why: TRL turns ``None`` into NaN and then *nan-sums* over reward functions, so a rollout for which
-    every function returned ``None`` gets reward 0 — the very poisoning a dropped sample should avoid.
-    With the group mean its advantage is 0 and it teaches nothing, which is what dropping means. A
-    group with no scored rollout keeps ``None``.
+    Why: TRL turns ``None`` into NaN and *nan-sums* over reward functions. Older TRL releases gave a
+    rollout for which every function returned ``None`` reward 0 — the very poisoning a dropped sample
+    should avoid. With the group mean its advantage is 0 and it teaches nothing, which is what
+    dropping means. (TRL 1.16 masks such rows itself — NaN reward, left out of the group mean and std,
+    advantage 0 — so there ``impute="none"`` is exact and the group mean only narrows the group's std a
+    little.) A group with no scored rollout keeps ``None``.
 
     >>> impute_group_mean([0.5, None, 1.0, None], ["a", "a", "a", "b"])
     [0.5, 0.75, 1.0, None]
@@ -549,15 +553,24 @@ def reward_function(
         await fn(prompts=["Explain tides."], completions=["Tides ... <imgen>{...}</imgen>"],
                  image_num=[1], tools=[["diffusion"]])          # -> [0.73]
 
-    A dropped sample returns ``None``. TRL nan-sums reward functions, so a row where *every* function
-    returned ``None`` becomes 0; ``impute="group_mean"`` gives it the mean of its group instead
-    (advantage 0). Component scores go to ``log_metric`` (``llmi/...``) when TRL passes it.
+    A dropped sample returns ``None``. TRL nan-sums reward functions; before TRL masked them itself
+    (it does in 1.16), a row where *every* function returned ``None`` became reward 0, so for those
+    versions use ``impute="group_mean"``: the row gets the mean of its group (advantage 0). A missing
+    ``image_num`` column is an error (its default would be "any count"); a bad cell (``None``, a
+    string of tools) makes that row an input error. The judges are required: ``judges=False`` is
+    refused because every reward would be ``None``. Component scores go to ``log_metric``
+    (``llmi/...``) when TRL passes it.
 
     The scorer (judge clients, engine) is created on the first call, on the event loop TRL runs async
     reward functions on, and lives as long as that loop; ``await fn.aclose()`` releases it.
     """
     if impute not in ("none", "group_mean"):
         raise ValueError("impute must be 'none' or 'group_mean'")
+    if (scorer_kwargs or {}).get("judges", True) is False:
+        raise ValueError(
+            "reward_function needs the judges: without them every reward is None (R needs S_llm and "
+            "S_mllm) and the trainer would learn nothing; use RewardScorer(judges=False) to log rule parts"
+        )
     state: dict[str, Any] = {"scorer": None, "loop": None}
 
     async def scorer() -> RewardScorer:
@@ -578,6 +591,12 @@ def reward_function(
         log_metric: Callable[[str, float], None] | None = None,
         **_: Any,
     ) -> list[float | None]:
+        if image_num is None:
+            # image_num 0 means "any count": defaulting to it would hide a dataset without the column
+            raise ValueError(
+                "the dataset has no image_num column (-1 no image, 0 any, 99 at least one, N exactly N); "
+                "llmi's reward needs it, and tools, as dataset columns"
+            )
         samples = []
         for i, completion in enumerate(completions):
             refs = _column(images, i, [])
@@ -592,8 +611,8 @@ def reward_function(
                 Sample(
                     prompt=prompts[i],
                     response=completion_text(completion),
-                    image_num=_column(image_num, i, 0),
-                    tools=list(_column(tools, i, [])),
+                    image_num=image_num[i],  # None or junk → an input error for this row only
+                    tools=_column(tools, i, []),
                     split=_column(split, i, "train"),
                     input_images=imgs,
                 )

@@ -6,7 +6,8 @@ each output row is the input row plus ``"reward"`` (see :meth:`llmi.reward.Rewar
 
 Rows are written as they finish and flushed one by one, so a crash or Ctrl-C loses nothing that was
 written; running the same command again skips the rows already in OUT (``--retry-errors`` also redoes
-rows whose judge or tool execution failed). Once every row is done, OUT is rewritten in input order.
+rows whose judge or tool execution failed; a run with judges also redoes rows that a ``--no-judges``
+run left without a score). Once every row is done, OUT is rewritten in input order.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from .common import console, errors_as_exit, fail, load, setup_logging
 RETRYABLE_ERRORS = ("llm_judge", "mllm_judge", "execute")
 
 
-def read_done(out: Path, *, retry_errors: bool) -> set[int]:
-    """Line numbers already scored in OUT. A torn last line (a crash mid-write) is cut off."""
+def read_done(out: Path, *, retry_errors: bool, judges: bool = False) -> set[int]:
+    """Line numbers already scored in OUT. A torn last line (a crash mid-write) is cut off.
+
+    With ``judges``, a row left by a ``--no-judges`` run (``mllm == "off"``: rule parts only, no
+    score) is not done: the judged run scores it, and :func:`consolidate` keeps the newer row.
+    """
     done: set[int] = set()
     if not out.exists():
         return done
@@ -45,8 +50,11 @@ def read_done(out: Path, *, retry_errors: bool) -> set[int]:
             good_end += len(raw)
             if not isinstance(row, dict) or not isinstance(row.get("_line"), int):
                 continue
-            errors = (row.get("reward") or {}).get("errors") or {}
+            reward = row.get("reward") or {}
+            errors = reward.get("errors") or {}
             if retry_errors and any(k in errors for k in RETRYABLE_ERRORS):
+                continue
+            if judges and reward.get("mllm") == "off":
                 continue
             done.add(row["_line"])
     if good_end != out.stat().st_size:
@@ -115,7 +123,7 @@ async def run_reward(
 
     from ..scoring import RewardScorer, Sample, sample_from_row
 
-    done = read_done(out_path, retry_errors=retry_errors)
+    done = read_done(out_path, retry_errors=retry_errors, judges=judges)
     total = count_rows(in_path)
     todo = total - len(done)
     base_dir = in_path.parent
@@ -146,7 +154,7 @@ async def run_reward(
                 out.flush()
                 bar.advance(task)
             stats = scorer.stats.as_dict()
-    if len(read_done(out_path, retry_errors=False)) >= total:
+    if len(read_done(out_path, retry_errors=False, judges=judges)) >= total:
         consolidate(out_path)
     stats["rows"] = total
     stats["skipped_already_done"] = len(done)
@@ -216,7 +224,8 @@ def reward_cmd(
             fail(f"interrupted; the rows in {output} are kept: run the same command again to resume", 130)
         _summary(stats, output)
         if no_judges:
-            console.print("(--no-judges: the rule parts are in each row's reward; the score needs the judges)",
+            console.print("(--no-judges: the rule parts are in each row's reward and its score is null; run "
+                          "again with the judges, into the same OUT, to score these rows)",
                           highlight=False, markup=False, soft_wrap=True)
 
 
