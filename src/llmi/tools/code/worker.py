@@ -539,6 +539,9 @@ def main() -> None:
         import matplotlib
 
         matplotlib.use("Agg")
+        # pandas loads pyarrow whenever it is installed (~170 MB of address space under RLIMIT_AS, and a
+        # large native surface); charts do not need it, so pandas falls back to its own string storage.
+        sys.modules.setdefault("pyarrow", None)  # type: ignore[assignment]
         for mod in PRELOAD:
             try:
                 importlib.import_module(mod)
