@@ -97,14 +97,9 @@ class BraveSearch(WebSearchBackend):
             )
         return out
 
-    def status(self) -> BackendStatus:
-        return self.key_status()
+    needs_key = True
 
-    async def probe(self) -> BackendStatus:
-        st = self.status()
-        if not st.usable:
-            return st
-        key = self.api_key()
+    async def probe_key(self, key: str) -> BackendStatus:
         # One tiny query (count=1): Brave has no free endpoint to check a key with.
         return await probe_http(
             self.ctx.http, self._endpoint, service="Brave Search", params={"q": "test", "count": 1},

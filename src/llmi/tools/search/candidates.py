@@ -378,6 +378,22 @@ class WebSearchBackend(Backend):
             load=load,
         )
 
+    #: Services that need an API key: ``status`` reports a missing one, ``probe`` checks it live.
+    needs_key: bool = False
+
+    def status(self) -> BackendStatus:
+        return self.key_status() if self.needs_key else super().status()
+
+    async def probe(self) -> BackendStatus:
+        st = self.status()
+        if not st.usable or not self.needs_key:
+            return st
+        return await self.probe_key(self.api_key())
+
+    async def probe_key(self, key: str) -> BackendStatus:  # pragma: no cover - interface
+        """One cheap live request with ``key`` (for services with ``needs_key``)."""
+        raise NotImplementedError
+
     def cache_identity(self) -> dict[str, Any]:
         opts = self.options
         return {

@@ -85,14 +85,9 @@ class SerpApiSearch(WebSearchBackend):
             )
         return out
 
-    def status(self) -> BackendStatus:
-        return self.key_status()
+    needs_key = True
 
-    async def probe(self) -> BackendStatus:
-        st = self.status()
-        if not st.usable:
-            return st
-        key = self.api_key()
+    async def probe_key(self, key: str) -> BackendStatus:
         # account.json is free: it does not count against the search quota.
         return await probe_http(
             self.ctx.http,
