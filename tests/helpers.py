@@ -92,3 +92,16 @@ def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", conten
     handler.end_headers()
     if handler.command != "HEAD":
         handler.wfile.write(body)
+
+
+def dispatch(routes: dict, path: str, req: Request, handler: BaseHTTPRequestHandler) -> None:
+    """Answer from a route table: ``routes[path]`` is ``(status, body, content_type, headers)`` or a
+    callable ``(req, handler)``; an unknown path gets a 404."""
+    route = routes.get(path)
+    if route is None:
+        send(handler, 404, b"not found", "text/plain")
+    elif callable(route):
+        route(req, handler)
+    else:
+        status, body, ctype, headers = route
+        send(handler, status, body, ctype, headers)

@@ -16,7 +16,7 @@ import pytest
 from llmi.config import FetchSettings, ImageLimits
 from llmi.errors import ConfigError, ToolError, TransientToolError, UnsafeURLError
 from llmi.fetch import AllowList, SafeFetcher, check_image_bytes, unsafe_reason
-from tests.helpers import loopback_server, make_jpeg, make_png, send
+from tests.helpers import dispatch, loopback_server, make_jpeg, make_png, send
 
 LIMITS = ImageLimits()  # the defaults: at least 400x400
 PNG = make_png(500, 450)
@@ -75,14 +75,7 @@ class Server:
 
     def handle(self, req, h) -> None:
         self.hits.record(req)
-        route = self.routes.get(req.path.split("?")[0])
-        if route is None:
-            send(h, 404, b"not found", "text/plain")
-        elif callable(route):
-            route(req, h)
-        else:
-            status, body, ctype, headers = route
-            send(h, status, body, ctype, headers)
+        dispatch(self.routes, req.path.split("?")[0], req, h)
 
 
 @pytest.fixture(scope="module")

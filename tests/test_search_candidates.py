@@ -23,7 +23,7 @@ from llmi.tools.search.candidates import (
     strip_html,
     tokens,
 )
-from tests.helpers import loopback_server, make_png, send
+from tests.helpers import dispatch, loopback_server, make_png, send
 
 
 class FakeService:
@@ -40,14 +40,7 @@ class FakeService:
 
         parts = urlsplit(req.path)
         self.requests.append((parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}, dict(req.headers)))
-        route = self.routes.get(parts.path)
-        if route is None:
-            send(h, 404, b"not found", "text/plain")
-        elif callable(route):
-            route(req, h)
-        else:
-            status, body, ctype, headers = route
-            send(h, status, body, ctype, headers)
+        dispatch(self.routes, parts.path, req, h)
 
 
 @pytest.fixture(scope="module")
