@@ -23,7 +23,7 @@ from llmi.tools.search.candidates import (
     strip_html,
     tokens,
 )
-from tests.helpers import dispatch, loopback_server, make_png, send
+from tests.helpers import dispatch, loopback_server, make_png
 
 
 class FakeService:
