@@ -121,7 +121,7 @@ SOURCES = [("search", "query"), ("diffusion", "prompt"), ("code", "code"), ("sea
 
 
 def make_rollouts(n: int, tags: int):
-    from llmi.scoring import Sample
+    from llmi.reward.scoring import Sample
 
     samples = []
     for i in range(n):
@@ -175,7 +175,7 @@ def tool_executor(latency: float, cap: int, image_size: int):
 
 async def bench(args, urls) -> None:
     from llmi.config import JudgeSettings, Settings
-    from llmi.scoring import RewardScorer
+    from llmi.reward.scoring import RewardScorer
 
     settings = Settings(
         llm_judge=JudgeSettings(base_url=urls["llm"] + "/v1", model="judge", concurrency=args.llm_cap, timeout_s=30,

@@ -11,7 +11,7 @@ from llmi.config import JudgeSettings
 from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
 from llmi.errors import ConfigError
 from llmi.images import ImageData
-from llmi.judges import (
+from llmi.reward.judges import (
     JudgeClient,
     JudgeFailure,
     LLMJudge,
@@ -348,7 +348,7 @@ def test_a_response_cannot_close_the_answer_early():
 
 
 def test_markers_avoid_every_code_in_the_content():
-    from llmi.judges import marker_code
+    from llmi.reward.judges import marker_code
 
     code = marker_code(["x"])
     assert marker_code(["x"]) == code  # deterministic

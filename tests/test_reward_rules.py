@@ -296,10 +296,10 @@ def test_format_violations_reports_fences_fillers_and_invalid_tags():
 def test_docstring_examples_hold():
     import doctest
 
-    import llmi.reward
-    import llmi.scoring
+    import llmi.integrations.trl
+    import llmi.reward.rules
 
-    for module in (llmi.reward, llmi.scoring):
+    for module in (llmi.reward.rules, llmi.integrations.trl):
         failures, tried = doctest.testmod(module)
         assert tried > 0 and failures == 0, module.__name__
 

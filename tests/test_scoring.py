@@ -12,7 +12,8 @@ from llmi.config import JudgeSettings, Settings
 from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
 from llmi.images import ImageData
 from llmi.reward import RewardConfig, combine, llm_component, mllm_component
-from llmi.scoring import RewardScorer, Sample, impute_group_mean, reward_function, sample_from_row, score_batch
+from llmi.integrations.trl import impute_group_mean, reward_function
+from llmi.reward import RewardScorer, Sample, sample_from_row, score_batch
 from tests.helpers import make_png
 
 PNG = ImageData.from_bytes(make_png(6, 6))

@@ -1,4 +1,4 @@
-"""TRL's real ``GRPOTrainer`` driving :func:`llmi.scoring.reward_function` for two steps on CPU.
+"""TRL's real ``GRPOTrainer`` driving :func:`llmi.integrations.trl.reward_function` for two steps on CPU.
 
 A 1-layer Llama and a word-level tokenizer are built here (no downloads). Their vocabulary holds one
 complete, valid ``code`` tag as a single token, so sampled completions sometimes ask for an image; the
@@ -28,7 +28,7 @@ from llmi.config import JudgeSettings, Settings  # noqa: E402
 from llmi.document import Document, FailureBlock, ImageBlock, TextBlock  # noqa: E402
 from llmi.images import ImageData  # noqa: E402
 from llmi.protocol import InvalidTag, ToolCall, parse_response  # noqa: E402
-from llmi.scoring import reward_function  # noqa: E402
+from llmi.integrations.trl import reward_function  # noqa: E402
 from tests.helpers import make_png  # noqa: E402
 
 pytestmark = pytest.mark.local_models

@@ -121,7 +121,7 @@ async def run_reward(
     """Score IN into OUT (resuming); returns the scorer's stats as a dict."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..scoring import RewardScorer, Sample, sample_from_row
+    from ..reward.scoring import RewardScorer, Sample, sample_from_row
 
     done = read_done(out_path, retry_errors=retry_errors, judges=judges)
     total = count_rows(in_path)

@@ -5,7 +5,7 @@ worth retrying (timeouts, dropped connections, 429 and 5xx answers, bodies that 
 completion, replies without parseable scores) are retried here with exponential backoff that honours
 ``Retry-After``; the SDK's own retries are switched off so the number of attempts is exactly
 ``1 + retries``. What to do with a sample whose judge still failed is the caller's policy
-(:attr:`llmi.reward.RewardConfig.on_judge_error`).
+(:attr:`llmi.reward.rules.RewardConfig.on_judge_error`).
 
 Each :class:`JudgeClient` owns its ``AsyncOpenAI`` client and a semaphore, so concurrency is bounded
 per endpoint (``JudgeSettings.concurrency``), and counts what happened in :class:`JudgeStats`.
@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from .config import JudgeSettings
-from .document import Document, FailureBlock, ImageBlock, TextBlock
-from .errors import ConfigError, JudgeError
-from .images import ImageData
-from .tools import http as tool_http
+from ..config import JudgeSettings
+from ..document import Document, FailureBlock, ImageBlock, TextBlock
+from ..errors import ConfigError, JudgeError
+from ..images import ImageData
+from ..tools import http as tool_http
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,17 +1,17 @@
-"""Scoring rollouts: run each response's tags, ask the judges, combine with :mod:`llmi.reward`.
+"""Scoring rollouts: run each response's tags, ask the judges, combine with :mod:`llmi.reward.rules`.
 
 :class:`RewardScorer` is the orchestrator. For every sample it parses the response (pure), starts the
 LLM judge at once (it reads the raw response, so it overlaps tool execution), executes the tags through
 the engine (or an injected ``execute`` callable), then asks the MLLM judge about the finished document.
-Concurrency is bounded per judge endpoint (each :class:`~llmi.judges.JudgeClient` has its semaphore),
+Concurrency is bounded per judge endpoint (each :class:`~llmi.reward.judges.JudgeClient` has its semaphore),
 per tool by the engine, and overall by ``max_in_flight`` so a long input does not hold every document
 in memory at once.
 
 A judge that still fails after its retries is an *error*, not a score: the sample's ``errors`` say so
-and :attr:`~llmi.reward.RewardConfig.on_judge_error` decides between dropping the sample (score
+and :attr:`~llmi.reward.rules.RewardConfig.on_judge_error` decides between dropping the sample (score
 ``None``) and a declared fallback score; both are counted in :class:`ScoringStats`.
 
-:func:`reward_function` adapts all this to TRL's reward-function contract.
+:func:`llmi.integrations.trl.reward_function` adapts all this to TRL's reward-function contract.
 """
 
 from __future__ import annotations
@@ -19,20 +19,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
-from .config import Settings
-from .document import Document, ImageBlock, TextBlock
-from .errors import ConfigError, InputError, ToolError
-from .images import ImageData
+from ..config import Settings
+from ..document import Document, ImageBlock, TextBlock
+from ..errors import ConfigError, InputError, ToolError
+from ..images import ImageData
+from ..protocol import ToolCall, parse_response, strip_think
 from .judges import JudgeClient, JudgeFailure, JudgeStats, LLMJudge, MLLMJudge
-from .protocol import ToolCall, parse_response, strip_think
-from .reward import (
+from .rules import (
     RewardConfig,
     RewardResult,
     assemble,
@@ -334,7 +333,7 @@ class RewardScorer:
         async with self._engine_lock:
             if self._execute is None:
                 try:
-                    from .engine import Engine
+                    from ..engine import Engine
                 except ImportError as exc:
                     raise ConfigError(f"running the tags needs llmi.engine, which cannot be imported: {exc}") from exc
                 engine = await self._stack.enter_async_context(Engine(self.settings, cache=self._cache))
@@ -500,149 +499,3 @@ async def score_batch(
     """Score ``samples`` with a scorer that lives for this call only (see :class:`RewardScorer`)."""
     async with RewardScorer(settings, config=config, judges=judges, execute=execute, cache=cache) as scorer:
         return await scorer.score_batch(samples)
-
-
-# ------------------------------------------------------------------------------------------------
-# TRL adapter
-# ------------------------------------------------------------------------------------------------
-
-
-def impute_group_mean(rewards: Sequence[float | None], groups: Sequence[Any]) -> list[float | None]:
-    """Replace each ``None`` by the mean of the scored rewards of its group (same prompt).
-
-    Why: TRL turns ``None`` into NaN and *nan-sums* over reward functions. Older TRL releases gave a
-    rollout for which every function returned ``None`` reward 0 — the very poisoning a dropped sample
-    should avoid. With the group mean its advantage is 0 and it teaches nothing, which is what
-    dropping means. (TRL 1.16 masks such rows itself — NaN reward, left out of the group mean and std,
-    advantage 0 — so there ``impute="none"`` is exact and the group mean only narrows the group's std a
-    little.) A group with no scored rollout keeps ``None``.
-
-    >>> impute_group_mean([0.5, None, 1.0, None], ["a", "a", "a", "b"])
-    [0.5, 0.75, 1.0, None]
-    """
-    sums: dict[Any, list[float]] = {}
-    for r, g in zip(rewards, groups):
-        if r is not None:
-            sums.setdefault(g, []).append(r)
-    return [r if r is not None else (sum(sums[g]) / len(sums[g]) if g in sums else None) for r, g in zip(rewards, groups)]
-
-
-def _column(values: Any, i: int, default: Any) -> Any:
-    if values is None:
-        return default
-    v = values[i]
-    return default if v is None else v
-
-
-def reward_function(
-    settings: Settings | None = None,
-    *,
-    config: RewardConfig | None = None,
-    impute: str = "none",
-    execute: Executor | None = None,
-    cache: Any = None,
-    scorer_kwargs: dict[str, Any] | None = None,
-) -> Callable[..., Awaitable[list[float | None]]]:
-    """A TRL reward function (async) computing the hybrid reward.
-
-    Use with ``GRPOTrainer(reward_funcs=[reward_function(load_settings())], ...)``. The dataset needs
-    the columns ``image_num`` and ``tools``, optionally ``split`` and ``images`` (input images: PIL
-    images, paths or data URIs)::
-
-        fn = reward_function(settings)
-        await fn(prompts=["Explain tides."], completions=["Tides ... <imgen>{...}</imgen>"],
-                 image_num=[1], tools=[["diffusion"]])          # -> [0.73]
-
-    A dropped sample returns ``None``. TRL nan-sums reward functions; before TRL masked them itself
-    (it does in 1.16), a row where *every* function returned ``None`` became reward 0, so for those
-    versions use ``impute="group_mean"``: the row gets the mean of its group (advantage 0). A missing
-    ``image_num`` column is an error (its default would be "any count"); a bad cell (``None``, a
-    string of tools) makes that row an input error. The judges are required: ``judges=False`` is
-    refused because every reward would be ``None``. Component scores go to ``log_metric``
-    (``llmi/...``) when TRL passes it.
-
-    The scorer (judge clients, engine) is created on the first call, on the event loop TRL runs async
-    reward functions on, and lives as long as that loop; ``await fn.aclose()`` releases it.
-    """
-    if impute not in ("none", "group_mean"):
-        raise ValueError("impute must be 'none' or 'group_mean'")
-    if (scorer_kwargs or {}).get("judges", True) is False:
-        raise ValueError(
-            "reward_function needs the judges: without them every reward is None (R needs S_llm and "
-            "S_mllm) and the trainer would learn nothing; use RewardScorer(judges=False) to log rule parts"
-        )
-    state: dict[str, Any] = {"scorer": None, "loop": None}
-
-    async def scorer() -> RewardScorer:
-        loop = asyncio.get_running_loop()
-        if state["scorer"] is None or state["loop"] is not loop:
-            s = RewardScorer(settings, config=config, execute=execute, cache=cache, **(scorer_kwargs or {}))
-            await s.__aenter__()
-            state["scorer"], state["loop"] = s, loop
-        return state["scorer"]
-
-    async def llmi_reward(
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        image_num: Sequence[int] | None = None,
-        tools: Sequence[Sequence[str]] | None = None,
-        split: Sequence[str] | None = None,
-        images: Sequence[Any] | None = None,
-        log_metric: Callable[[str, float], None] | None = None,
-        **_: Any,
-    ) -> list[float | None]:
-        if image_num is None:
-            # image_num 0 means "any count": defaulting to it would hide a dataset without the column
-            raise ValueError(
-                "the dataset has no image_num column (-1 no image, 0 any, 99 at least one, N exactly N); "
-                "llmi's reward needs it, and tools, as dataset columns"
-            )
-        samples = []
-        for i, completion in enumerate(completions):
-            refs = _column(images, i, [])
-            if not isinstance(refs, (list, tuple)):
-                refs = [refs]
-            try:
-                imgs = [load_image(r) for r in refs]
-            except InputError as exc:
-                samples.append(Sample.invalid(str(exc)))
-                continue
-            samples.append(
-                Sample(
-                    prompt=prompts[i],
-                    response=completion_text(completion),
-                    image_num=image_num[i],  # None or junk → an input error for this row only
-                    tools=_column(tools, i, []),
-                    split=_column(split, i, "train"),
-                    input_images=imgs,
-                )
-            )
-        s = await scorer()
-        results = await s.score_batch(samples)
-        rewards = [r.score for r in results]
-        if impute == "group_mean":
-            rewards = impute_group_mean(rewards, [json.dumps(p, sort_keys=True, default=str) for p in prompts])
-        if log_metric is not None:
-            _log_batch(results, log_metric)
-        return rewards
-
-    async def aclose() -> None:
-        if state["scorer"] is not None:
-            await state["scorer"].aclose()
-            state["scorer"] = None
-
-    llmi_reward.aclose = aclose  # type: ignore[attr-defined]
-    llmi_reward.stats = lambda: state["scorer"].stats if state["scorer"] else None  # type: ignore[attr-defined]
-    return llmi_reward
-
-
-def _log_batch(results: Sequence[RewardResult], log_metric: Callable[[str, float], None]) -> None:
-    n = len(results) or 1
-    log_metric("llmi/dropped_frac", sum(r.dropped for r in results) / n)
-    log_metric("llmi/llm_judge_error_frac", sum("llm_judge" in r.errors for r in results) / n)
-    log_metric("llmi/mllm_judge_error_frac", sum("mllm_judge" in r.errors for r in results) / n)
-    log_metric("llmi/violations_per_sample", sum(len(r.violations) for r in results) / n)
-    for key in ("s_num", "s_llm", "s_mllm", "r_tool"):
-        values = [getattr(r, key) for r in results if getattr(r, key) is not None]
-        if values:
-            log_metric(f"llmi/{key}", sum(values) / len(values))

@@ -1,6 +1,6 @@
 """The LLM-I hybrid reward as pure functions on values: rules, tool score, and how the parts combine.
 
-No I/O here. :mod:`llmi.judges` asks the judges, :mod:`llmi.scoring` runs the tools and the judges and
+No I/O here. :mod:`llmi.reward.judges` asks the judges, :mod:`llmi.reward.scoring` runs the tools and the judges and
 feeds their numbers to :func:`combine`. Keeping the arithmetic pure means every boundary of the rules
 can be tested exhaustively and the formula can be audited in one screen.
 
