@@ -339,3 +339,18 @@ def test_trl_reward_function_refuses_judges_off():
     # every reward would be None: TRL would train on nothing, silently
     with pytest.raises(ValueError, match="judges"):
         reward_function(scorer_kwargs={"judges": False})
+
+
+def test_old_scoring_path_is_a_deprecated_alias():
+    import importlib
+    import sys
+    import warnings
+
+    import llmi.integrations.trl as trl_adapter
+
+    sys.modules.pop("llmi.scoring", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("llmi.scoring")
+    assert old.reward_function is trl_adapter.reward_function
+    assert any(issubclass(w.category, DeprecationWarning) and "llmi.integrations.trl" in str(w.message) for w in caught)
