@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from typing import Any, Sequence
 
@@ -33,6 +32,7 @@ from .errors import ConfigError, ToolError, TransientToolError
 from .events import EventHandler, ToolFinished, ToolStarted
 from .images import ImageData
 from .protocol import SOURCES, InvalidTag, ParsedResponse, Segment, Text, ToolCall, Violation, parse_response
+from .retry import GaveUp, RetryPolicy, Transient, retry_call
 from .tools import registry
 from .tools.base import Backend, BackendContext, BackendStatus, ToolRequest, ToolResult
 
@@ -319,7 +319,8 @@ class Engine:
 
     async def _attempt(self, tool: str, backend: Backend, request: ToolRequest, ts: ToolSettings) -> ToolResult:
         bsem = self._backend_sem(tool, backend)
-        for attempt in range(ts.retries + 1):
+
+        async def once() -> ToolResult:
             try:
                 async with self._sem(tool):
                     if bsem is None:
@@ -327,29 +328,31 @@ class Engine:
                     async with bsem:
                         return await asyncio.wait_for(backend.run(request), ts.timeout_s)
             except asyncio.TimeoutError:
-                err: TransientToolError = TransientToolError(f"timed out after {ts.timeout_s:g} s", kind="timeout")
-            except TransientToolError as exc:
-                err = exc
-            if attempt == ts.retries:
-                if ts.retries:
-                    raise TransientToolError(f"{err} (after {ts.retries + 1} attempts)", kind=err.kind) from err
-                raise err
-            if err.retry_after is not None and err.retry_after > ts.max_backoff_s:
+                raise TransientToolError(f"timed out after {ts.timeout_s:g} s", kind="timeout") from None
+
+        def on_retry(err: Exception, attempt: int, delay: float) -> None:
+            log.info("%s.%s: %s; retrying in %.1f s", tool, backend.name, err, delay)
+
+        policy = RetryPolicy(retries=ts.retries, backoff_s=ts.backoff_s, max_backoff_s=ts.max_backoff_s)
+        try:
+            return await retry_call(once, policy, _transient_tool_error, on_retry=on_retry)
+        except GaveUp as gave:
+            err: Any = gave.error  # a TransientToolError: the only kind _transient_tool_error retries
+            if gave.why == "retry_after":
                 # retrying sooner than the service asked only earns another refusal; let the chain move on
                 raise TransientToolError(
-                    f"{err}; the service asks to retry after {err.retry_after:g} s, longer than "
+                    f"{err}; the service asks to retry after {gave.retry_after:g} s, longer than "
                     f"tools.{tool}.max_backoff_s ({ts.max_backoff_s:g} s), so it was not retried",
                     kind=err.kind,
-                    retry_after=err.retry_after,
+                    retry_after=gave.retry_after,
                 ) from err
-            if err.retry_after is not None:
-                delay = err.retry_after
-            else:
-                delay = ts.backoff_s * (2**attempt) * (0.5 + random.random())
-            delay = min(delay, ts.max_backoff_s)
-            log.info("%s.%s: %s; retrying in %.1f s", tool, backend.name, err, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+            if gave.attempts > 1:
+                raise TransientToolError(f"{err} (after {gave.attempts} attempts)", kind=err.kind) from err
+            raise err
+
+
+def _transient_tool_error(exc: Exception) -> Transient | None:
+    return Transient(exc.retry_after) if isinstance(exc, TransientToolError) else None
 
 
 def _retrieve(fut: asyncio.Future) -> None:

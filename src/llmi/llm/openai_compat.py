@@ -13,24 +13,24 @@ results); ``finish_reason`` on the last content delta. OpenAI's and Azure's reas
 again, and the adaptation is kept for later requests.
 
 The SDK's own retries are switched off (``max_retries=0``): llmi retries a 429 / 5xx answer a couple of
-times itself, honoring ``Retry-After``, and only before the first token — once text has been streamed
-to the caller a retry would duplicate it, so a failure mid-stream is reported instead. Every SDK error is
-translated here into :class:`~llmi.errors.LLMError` or :class:`~llmi.errors.LLMUnreachable`, with
+times itself through :mod:`llmi.retry`, honoring ``Retry-After`` (a wait beyond 30 s ends the retries),
+and only before the first token — once text has been streamed to the caller a retry would duplicate it,
+so a failure mid-stream is reported instead. Every SDK error is translated here into :class:`~llmi.errors.LLMError` or :class:`~llmi.errors.LLMUnreachable`, with
 messages that never contain the API key.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from urllib.parse import urlsplit
 
 from ..errors import LLMError, LLMUnreachable
 from ..redaction import redact, safe_url
+from ..keys import resolve_api_key
+from ..retry import GaveUp, RetryPolicy, Transient, retry_call
 from . import LLMBackend, Message, ThinkWrapper
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,6 +88,19 @@ def _retry_after(exc: Any) -> float | None:
         return None
 
 
+class _Retryable(Exception):
+    """An :class:`LLMError` from an answer worth retrying (429, 5xx, timeout), with the server's wait."""
+
+    def __init__(self, error: LLMError, retry_after: float | None = None):
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+    @staticmethod
+    def verdict(exc: Exception) -> Transient | None:
+        return Transient(exc.retry_after) if isinstance(exc, _Retryable) else None
+
+
 def _unsupported_param(exc: Any) -> str | None:
     """The request parameter a 400 answer refuses as unsupported (OpenAI's ``error.param``), if any."""
     body = getattr(exc, "body", None)
@@ -139,10 +152,10 @@ class OpenAICompatLLM(LLMBackend):
         return self.settings.vision is not False
 
     def _api_key(self) -> str:
-        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
-        if not key and (urlsplit(self.base_url).hostname or "").lower() == "api.openai.com":
-            # OPENAI_API_KEY is only ever sent to OpenAI itself, never to whatever base_url points at.
-            key = os.environ.get("OPENAI_API_KEY", "")
+        # OPENAI_API_KEY is only ever sent to OpenAI itself, never to whatever base_url points at.
+        to_openai = (urlsplit(self.base_url).hostname or "").lower() == "api.openai.com"
+        key = resolve_api_key(self.settings.api_key, "OPENAI_API_KEY" if to_openai else "",
+                              owner="the writing LLM", table="llm", required=False)
         # Local servers (vLLM, Ollama, LM Studio) accept any key; the SDK insists on one.
         return key or "EMPTY"
 
@@ -247,34 +260,40 @@ class OpenAICompatLLM(LLMBackend):
         """Send the request, retrying 429 / 5xx answers and timeouts a few times; return the stream."""
         import openai
 
-        attempt = 0
-        while True:
-            try:
-                return await self.client.chat.completions.create(**request)
-            except openai.APITimeoutError:
-                err: LLMError = LLMError(
-                    f"the LLM server at {self.where} did not answer within {self.settings.timeout_s:g} s"
-                )
-                wait = None
-            except openai.APIConnectionError as exc:
-                raise LLMUnreachable(
-                    unreachable_message(self.where, type(exc.__cause__ or exc).__name__)
-                ) from None
-            except openai.APIStatusError as exc:
-                if exc.status_code == 400 and self._learn(exc, request):
-                    continue  # not a retry: the same request, minus what the model refuses
-                err = self._status_error(exc)
-                if exc.status_code != 429 and exc.status_code < 500:
-                    raise err from None
-                wait = _retry_after(exc)
-            except openai.OpenAIError as exc:
-                raise LLMError(f"the LLM request to {self.where} failed: {_error_detail(exc)}") from None
-            if attempt >= RETRIES:
-                raise err
-            delay = min(MAX_WAIT_S, wait if wait is not None else BACKOFF_S * 2**attempt)
-            log.warning("%s; retrying in %.1f s", err, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
+        async def once() -> Any:
+            while True:
+                try:
+                    return await self.client.chat.completions.create(**request)
+                except openai.APITimeoutError:
+                    raise _Retryable(LLMError(
+                        f"the LLM server at {self.where} did not answer within {self.settings.timeout_s:g} s"
+                    )) from None
+                except openai.APIConnectionError as exc:
+                    raise LLMUnreachable(
+                        unreachable_message(self.where, type(exc.__cause__ or exc).__name__)
+                    ) from None
+                except openai.APIStatusError as exc:
+                    if exc.status_code == 400 and self._learn(exc, request):
+                        continue  # not a retry: the same request, minus what the model refuses
+                    err = self._status_error(exc)
+                    if exc.status_code != 429 and exc.status_code < 500:
+                        raise err from None
+                    raise _Retryable(err, _retry_after(exc)) from None
+                except openai.OpenAIError as exc:
+                    raise LLMError(f"the LLM request to {self.where} failed: {_error_detail(exc)}") from None
+
+        def on_retry(exc: Exception, attempt: int, delay: float) -> None:
+            log.warning("%s; retrying in %.1f s", exc, delay)
+
+        policy = RetryPolicy(retries=RETRIES, backoff_s=BACKOFF_S, max_backoff_s=MAX_WAIT_S)
+        try:
+            return await retry_call(once, policy, _Retryable.verdict, on_retry=on_retry)
+        except GaveUp as gave:
+            err = gave.error.error  # type: ignore[attr-defined]
+            if gave.why == "retry_after":
+                raise LLMError(f"{err}; the server asks to retry after {gave.retry_after:g} s, longer than "
+                               f"llmi waits ({MAX_WAIT_S:g} s)") from None
+            raise err from None
 
     async def stream(self, messages: Sequence[Message], *, images: Sequence["ImageData"] = ()) -> AsyncIterator[str]:
         import openai

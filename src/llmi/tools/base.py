@@ -20,14 +20,13 @@ retries, concurrency limits, caching and fallbacks; a backend does none of that 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from ..errors import ConfigError
 from ..images import ImageData
+from ..keys import resolve_api_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
@@ -137,21 +136,15 @@ class Backend:
 
     # -- helpers for subclasses -----------------------------------------------------------------
     def api_key(self, *, required: bool = True) -> str | None:
-        """The API key from the options or the named environment variable (resolved on first use)."""
-        opts = self.options
-        key = getattr(opts, "api_key", None)
-        if key is not None and key.get_secret_value():
-            return key.get_secret_value()
-        env = getattr(opts, "api_key_env", "")
-        if env and os.environ.get(env):
-            return os.environ[env]
-        if required:
-            where = f"set the environment variable {env}" if env else "set api_key_env"
-            raise ConfigError(
-                f"backend {self.tool}.{self.name} needs an API key: {where}, or put api_key in the "
-                f"[backends.{self.tool}.{self.name}] table of the config file"
-            )
-        return None
+        """The API key from the options or the named environment variable (resolved on first use);
+        :class:`~llmi.keys.MissingKeyError` saying where to put it when ``required`` and there is none."""
+        return resolve_api_key(
+            getattr(self.options, "api_key", None),
+            getattr(self.options, "api_key_env", ""),
+            owner=f"backend {self.tool}.{self.name}",
+            table=f"backends.{self.tool}.{self.name}",
+            required=required,
+        )
 
     def key_status(self) -> BackendStatus:
         base = Backend.status(self)
