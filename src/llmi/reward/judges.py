@@ -19,8 +19,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
-import random
 import re
 import secrets
 import time
@@ -29,10 +27,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from .. import keys
 from ..config import JudgeSettings
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import ConfigError, JudgeError
 from ..images import ImageData
+from ..retry import GaveUp, RetryPolicy, Transient, retry_call
 from ..tools import http as tool_http
 
 log = logging.getLogger(__name__)
@@ -337,19 +337,10 @@ def _content(resp: Any) -> str:
 
 def resolve_api_key(settings: JudgeSettings, name: str, environ: Mapping[str, str] | None = None) -> str:
     """The judge's key: from the settings, else from the environment variable they name, else a dummy
-    (local servers such as vLLM accept any key)."""
-    if settings.api_key is not None:
-        return settings.api_key.get_secret_value()
-    if settings.api_key_env:
-        env = os.environ if environ is None else environ
-        key = env.get(settings.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"{name}: api_key_env names ${settings.api_key_env}, which is not set; export it or set "
-                f"[{name}] api_key in the config file"
-            )
-        return key
-    return "EMPTY"
+    (local servers such as vLLM accept any key). See :func:`llmi.keys.resolve_api_key`."""
+    key = keys.resolve_api_key(settings.api_key, settings.api_key_env, owner=name, table=name,
+                               required=bool(settings.api_key_env), environ=environ)
+    return key or "EMPTY"
 
 
 class JudgeClient:
@@ -430,12 +421,6 @@ class JudgeClient:
             return self._model
 
     # -- calls ------------------------------------------------------------------------------------
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff_s)
-        base = min(self.max_backoff_s, self.backoff_s * (2**attempt))
-        return base * random.uniform(0.5, 1.0)
-
     def _classify(self, exc: BaseException) -> tuple[str, bool, float | None, int | None, str]:
         """(kind, retryable, retry_after, status, message) for one failed attempt."""
         import openai
@@ -472,8 +457,11 @@ class JudgeClient:
         model = await self.model()
         attempts = self.settings.retries + 1
         extra_body = dict(self.settings.extra_body) or None
-        last: tuple[str, int | None, str] = ("error", None, "not attempted")
-        for attempt in range(attempts):
+        last: list[tuple[str, int | None, str]] = [("error", None, "not attempted")]
+        tries = [0]
+
+        async def once() -> T:
+            tries[0] += 1
             try:
                 async with self._sem:
                     self.stats.requests += 1
@@ -491,24 +479,44 @@ class JudgeClient:
                         )
                     finally:
                         self.stats.busy_s += time.perf_counter() - t0
-                result = parse(_content(resp))
-                self.stats.ok += 1
-                return result
+                return parse(_content(resp))
             except Exception as exc:  # noqa: BLE001 - classified below; nothing is swallowed silently
                 kind, retryable, retry_after, status, msg = self._classify(exc)
                 self.stats.attempt_errors[kind] += 1
-                last = (kind, status, msg)
-                log.debug("%s attempt %d/%d failed: %s: %s", self.name, attempt + 1, attempts, kind, msg)
-                if not retryable or attempt + 1 >= attempts:
-                    break
-                self.stats.retries += 1
-                await asyncio.sleep(self._delay(attempt, retry_after))
-        kind, status, msg = last
+                last[0] = (kind, status, msg)
+                log.debug("%s attempt %d/%d failed: %s: %s", self.name, tries[0], attempts, kind, msg)
+                raise _Attempt(retry_after if retryable else None, retryable) from exc
+
+        def on_retry(exc: Exception, attempt: int, delay: float) -> None:
+            self.stats.retries += 1
+
+        policy = RetryPolicy(retries=self.settings.retries, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
+        try:
+            result = await retry_call(once, policy, _Attempt.verdict, on_retry=on_retry)
+        except (GaveUp, _Attempt):
+            pass
+        else:
+            self.stats.ok += 1
+            return result
+        kind, status, msg = last[0]
         self.stats.failed += 1
         self.stats.failures[kind] += 1
-        n = attempt + 1
+        n = tries[0]
         log.warning("%s failed after %d attempt(s): %s: %s", self.name, n, kind, msg)
         raise JudgeFailure(f"{self.name} failed after {n} attempt(s): {msg}", kind=kind, attempts=n, status=status)
+
+
+class _Attempt(Exception):
+    """One failed judge attempt (already classified and counted); retried when ``retryable``."""
+
+    def __init__(self, retry_after: float | None, retryable: bool):
+        super().__init__("judge attempt failed")
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+    @staticmethod
+    def verdict(exc: Exception) -> Transient | None:
+        return Transient(exc.retry_after) if isinstance(exc, _Attempt) and exc.retryable else None
 
 
 class LLMJudge:
