@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
+from .server.settings import ServerSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,6 +155,7 @@ class Settings(_Section):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     llm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
     mllm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings, description="llmi serve")
 
     #: The folder of the config file these settings came from (relative paths in it are relative to it).
     _config_dir: Path | None = PrivateAttr(None)
