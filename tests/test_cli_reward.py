@@ -139,8 +139,9 @@ def test_resume_skips_done_rows_and_repairs_a_torn_line(tmp_path, judge_server):
     assert out[1]["reward"]["score"] == 0.5  # kept as it was
 
 
-def test_ctrl_c_then_resume_loses_nothing(tmp_path, judge_server):
-    """A real SIGINT to a real ``llmi reward`` process part-way, then the same command again."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupt_then_resume_loses_nothing(tmp_path, judge_server, sig):
+    """A real SIGINT or SIGKILL to a real ``llmi reward`` process part-way, then the same command again."""
     n_rows = 12
     write_jsonl(tmp_path / "in.jsonl", [row_with_document(i) for i in range(n_rows)])
     out_path = tmp_path / "out.jsonl"
@@ -162,10 +163,13 @@ def test_ctrl_c_then_resume_loses_nothing(tmp_path, judge_server):
             if out_path.exists() and out_path.read_text().count("\n") >= 3:
                 break
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         output, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 130, output
-        assert b"run the same command again" in output
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, output
+            assert b"run the same command again" in output
+        else:
+            assert proc.returncode == -signal.SIGKILL
         first = read_jsonl(out_path)
         assert 3 <= len(first) < n_rows, output
         first_lines = {r["_line"] for r in first}

@@ -354,3 +354,53 @@ def test_old_scoring_path_is_a_deprecated_alias():
         old = importlib.import_module("llmi.scoring")
     assert old.reward_function is trl_adapter.reward_function
     assert any(issubclass(w.category, DeprecationWarning) and "llmi.integrations.trl" in str(w.message) for w in caught)
+
+
+async def test_the_reward_path_reads_each_response_once(judge_server, monkeypatch):
+    """With the real engine (fake tool backends), one sample is parsed by the protocol exactly once:
+    the scorer's reading feeds the tool score, the LLM judge's text and the engine."""
+    import llmi.engine
+    import llmi.protocol
+    import llmi.reward.scoring
+    from llmi.config import load_settings
+    from tests import fakes
+
+    fakes.register_all()
+    calls = []
+    real = llmi.protocol.parse_response
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    for module in (llmi.protocol, llmi.reward.scoring, llmi.engine):
+        monkeypatch.setattr(module, "parse_response", counting, raising=False)
+    strips = []
+    monkeypatch.setattr(llmi.protocol, "strip_think", lambda r: strips.append(r) or r)
+    tools = {t: {"backends": ["fake"], "retries": 0} for t in ("search", "diffusion", "code", "edit")}
+    response = "<think>plan</think>Sales rose.\n" + tag("search", query="eiffel") + "\nDone."
+    with judge_server(standard) as (url, server):
+        judge = dict(base_url=url, model="judge-1", timeout_s=2.0, retries=1)
+        s = load_settings(overrides={"tools": tools, "cache": {"enabled": False}, "llm_judge": judge,
+                                     "mllm_judge": judge}, environ={})
+        async with RewardScorer(s) as scorer:
+            r = await scorer.score(Sample(prompt="Q", response=response, image_num=1, tools=["search"]))
+    assert r.errors == {} and r.n_images == 1 and r.r_success == 1.0
+    assert calls == [response] and strips == []
+    llm_body = next(b for b in server.requests if not is_mllm(b))
+    text = llm_body["messages"][1]["content"]
+    assert "Sales rose." in text and "<imgen>" in text and "plan" not in text
+
+
+def test_judged_response_equals_strip_think():
+    from llmi.protocol import parse_response, strip_think
+    from llmi.reward.scoring import judged_response
+
+    for response in [
+        "<think>a</think>x" + tag("code", code="1") + "y",
+        "plan</think>Hi <imgen>{bad}</imgen> there",
+        "no tags <think>inner</think> after",
+        "<imgen>unclosed",
+        "",
+    ]:
+        assert judged_response(parse_response(response)) == strip_think(response), response

@@ -1,22 +1,20 @@
 """``llmi reward IN.jsonl -o OUT.jsonl``: the LLM-I hybrid reward for a file of rollouts.
 
 Each input row is ``{"prompt", "response", "image_num", "tools", "split"?, "images"?, "document"?}``;
-each output row is the input row plus ``"reward"`` (see :meth:`llmi.reward.RewardResult.to_dict`) and
-``"_line"``, the row's 0-based line number in IN.
+each output row is ``"_line"`` (the row's 0-based line number in IN, its id), the input row, and
+``"reward"`` (see :meth:`llmi.reward.RewardResult.to_dict`).
 
-Rows are written as they finish and flushed one by one, so a crash or Ctrl-C loses nothing that was
-written; running the same command again skips the rows already in OUT (``--retry-errors`` also redoes
-rows whose judge or tool execution failed; a run with judges also redoes rows that a ``--no-judges``
-run left without a score). Once every row is done, OUT is rewritten in input order.
+The loop is :func:`llmi.batch.run_batch`: rows are appended to OUT as they finish, so a crash, Ctrl-C or
+``kill -9`` loses nothing that was written; running the same command again skips the rows already in OUT
+(``--retry-errors`` also redoes rows whose judge or tool execution failed; a run with judges also redoes
+rows that a ``--no-judges`` run left without a score). Once every row is done, OUT is rewritten in input
+order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -27,84 +25,45 @@ from .common import console, errors_as_exit, fail, load, setup_logging
 
 #: Errors that a rerun may fix (as opposed to unusable input).
 RETRYABLE_ERRORS = ("llm_judge", "mllm_judge", "execute")
+#: The id field of output rows: the row's line number in IN.
+ID_KEY = "_line"
 
 
-def read_done(out: Path, *, retry_errors: bool, judges: bool = False) -> set[int]:
-    """Line numbers already scored in OUT. A torn last line (a crash mid-write) is cut off.
+def redo_predicate(*, retry_errors: bool, judges: bool):
+    """Which rows of OUT are not done: with ``retry_errors``, rows whose judge or tools failed; with
+    ``judges``, rows a ``--no-judges`` run left with rule parts only (``mllm == "off"``)."""
 
-    With ``judges``, a row left by a ``--no-judges`` run (``mllm == "off"``: rule parts only, no
-    score) is not done: the judged run scores it, and :func:`consolidate` keeps the newer row.
-    """
-    done: set[int] = set()
-    if not out.exists():
-        return done
-    good_end = 0
-    with open(out, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                row = json.loads(raw)
-            except ValueError:
-                break
-            good_end += len(raw)
-            if not isinstance(row, dict) or not isinstance(row.get("_line"), int):
-                continue
-            reward = row.get("reward") or {}
-            errors = reward.get("errors") or {}
-            if retry_errors and any(k in errors for k in RETRYABLE_ERRORS):
-                continue
-            if judges and reward.get("mllm") == "off":
-                continue
-            done.add(row["_line"])
-    if good_end != out.stat().st_size:
-        with open(out, "r+b") as f:
-            f.truncate(good_end)
-    return done
+    def redo(row: dict) -> bool:
+        reward = row.get("reward") if isinstance(row.get("reward"), dict) else {}
+        errors = reward.get("errors") or {}
+        if retry_errors and any(k in errors for k in RETRYABLE_ERRORS):
+            return True
+        return judges and reward.get("mllm") == "off"
+
+    return redo
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """``(line_number, row, error)`` for every non-blank line of IN."""
+class _BadLine:
+    def __init__(self, error: str):
+        self.error = error
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line_number, row)`` for every non-blank line of IN; a line that is not JSON gives a ``_BadLine``."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f):
             if not line.strip():
                 continue
             try:
-                yield n, json.loads(line), None
+                yield n, json.loads(line)
             except ValueError as exc:
-                yield n, None, f"line {n + 1} is not JSON: {exc}"
+                yield n, _BadLine(f"line {n + 1} is not JSON: {exc}")
 
 
 def count_rows(path: Path) -> int:
     """How many rows :func:`iter_rows` yields (one per non-blank line), without parsing them."""
     with open(path, encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())
-
-
-def consolidate(out: Path) -> None:
-    """Rewrite OUT in input order, keeping the last result of each line (atomically)."""
-    rows: dict[int, str] = {}
-    extra: list[str] = []
-    with open(out, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if isinstance(row, dict) and isinstance(row.get("_line"), int):
-                rows[row["_line"]] = line if line.endswith("\n") else line + "\n"
-            else:
-                extra.append(line)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for n in sorted(rows):
-                f.write(rows[n])
-            f.writelines(extra)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 async def run_reward(
@@ -118,46 +77,46 @@ async def run_reward(
     progress: bool = True,
     execute: Any = None,
 ) -> dict[str, Any]:
-    """Score IN into OUT (resuming); returns the scorer's stats as a dict."""
+    """Score IN into OUT (resuming); returns the scorer's stats as a dict, plus the batch's counts."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..batch import BatchProgress, run_batch
     from ..reward.scoring import RewardScorer, Sample, sample_from_row
 
-    done = read_done(out_path, retry_errors=retry_errors, judges=judges)
-    total = count_rows(in_path)
-    todo = total - len(done)
     base_dir = in_path.parent
-    pending: dict[int, tuple[int, Any]] = {}
-
-    def samples() -> Iterator[Sample]:
-        i = 0
-        for n, row, error in iter_rows(in_path):
-            if n in done:
-                continue
-            pending[i] = (n, row)
-            i += 1
-            yield Sample.invalid(error) if error else sample_from_row(row, base_dir)
-
+    total = count_rows(in_path)
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # The scorer first: a judge that is not configured fails before OUT is touched or a bar is drawn.
     async with RewardScorer(settings, config=config, judges=judges, execute=execute) as scorer:
-        with open(out_path, "a", encoding="utf-8") as out, Progress(
-            *columns, console=console, disable=not progress, transient=False
-        ) as bar:
-            task = bar.add_task("scoring", total=todo)
-            async for i, result in scorer.score_many(samples()):
-                n, row = pending.pop(i)
-                out_row = dict(row) if isinstance(row, dict) else {"input": row}
-                out_row["reward"] = result.to_dict()
-                out_row["_line"] = n
-                out.write(json.dumps(out_row, ensure_ascii=False) + "\n")
-                out.flush()
-                bar.advance(task)
-            stats = scorer.stats.as_dict()
-    if len(read_done(out_path, retry_errors=False, judges=judges)) >= total:
-        consolidate(out_path)
-    stats["rows"] = total
-    stats["skipped_already_done"] = len(done)
+
+        async def work(n: Any, row: Any) -> dict:
+            sample = Sample.invalid(row.error) if isinstance(row, _BadLine) else sample_from_row(row, base_dir)
+            result = await scorer.score(sample)
+            out_row = dict(row) if isinstance(row, dict) else {"input": None if isinstance(row, _BadLine) else row}
+            out_row["reward"] = result.to_dict()
+            return out_row
+
+        with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+            task = bar.add_task("scoring", total=None)
+
+            def on_event(ev: BatchProgress) -> None:
+                bar.update(task, completed=ev.done, total=ev.total)
+
+            summary = await run_batch(
+                iter_rows(in_path),
+                work,
+                out_path,
+                concurrency=scorer.max_in_flight,
+                retry_errors=retry_errors,
+                redo=redo_predicate(retry_errors=retry_errors, judges=judges),
+                on_event=on_event,
+                total=total,
+                id_key=ID_KEY,
+            )
+        stats = scorer.stats.as_dict()
+    stats["rows"] = summary.total
+    stats["skipped_already_done"] = summary.skipped
+    stats["crashed"] = summary.failed
     return stats
 
 
@@ -232,6 +191,8 @@ def reward_cmd(
 def _summary(stats: dict[str, Any], output: Path) -> None:
     mean = stats.get("mean_score")
     parts = [f"{stats['samples']} row(s) scored into {output}"]
+    if stats.get("crashed"):
+        parts.append(f"[red]{stats['crashed']} row(s) failed[/] (their rows in OUT hold the error; --retry-errors redoes them)")
     if stats.get("skipped_already_done"):
         parts.append(f"{stats['skipped_already_done']} already done")
     if stats["samples"]:

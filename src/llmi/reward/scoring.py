@@ -29,7 +29,7 @@ from ..config import Settings
 from ..document import Document, ImageBlock, TextBlock
 from ..errors import ConfigError, InputError, ToolError
 from ..images import ImageData
-from ..protocol import ToolCall, parse_response, strip_think
+from ..protocol import CLOSE_TAG, OPEN_TAG, InvalidTag, ParsedResponse, Text, ToolCall, parse_response
 from .judges import JudgeClient, JudgeFailure, JudgeStats, LLMJudge, MLLMJudge
 from .rules import (
     RewardConfig,
@@ -242,6 +242,21 @@ class ScoringStats:
 # ------------------------------------------------------------------------------------------------
 
 
+def judged_response(parsed: ParsedResponse) -> str:
+    """What the LLM judge reads: the response without its reasoning, tags kept as written.
+
+    Built from the one reading the scorer makes (the same text as :func:`llmi.protocol.strip_think`, without
+    parsing the response again).
+    """
+    out: list[str] = []
+    for seg in parsed.segments:
+        if isinstance(seg, Text):
+            out.append(seg.text)
+        elif isinstance(seg, (ToolCall, InvalidTag)):
+            out.append(OPEN_TAG + seg.raw + CLOSE_TAG)
+    return "".join(out)
+
+
 def _produced(document: Document) -> list[ImageBlock]:
     return [b for b in document.images if b.tool != "input"]
 
@@ -296,6 +311,7 @@ class RewardScorer:
         self.max_in_flight = max_in_flight
         self._stack = contextlib.AsyncExitStack()
         self._engine_lock = asyncio.Lock()
+        self._engine_instance: Any = None
 
     async def __aenter__(self) -> "RewardScorer":
         try:
@@ -327,30 +343,26 @@ class RewardScorer:
         await self._stack.aclose()
 
     # -- execution --------------------------------------------------------------------------------
-    async def _executor(self) -> Executor:
-        if self._execute is not None:
-            return self._execute
+    async def _engine(self) -> Any:
+        """The engine, opened on first use and closed with the scorer."""
         async with self._engine_lock:
-            if self._execute is None:
+            if self._engine_instance is None:
                 try:
                     from ..engine import Engine
                 except ImportError as exc:
                     raise ConfigError(f"running the tags needs llmi.engine, which cannot be imported: {exc}") from exc
-                engine = await self._stack.enter_async_context(Engine(self.settings, cache=self._cache))
+                self._engine_instance = await self._stack.enter_async_context(Engine(self.settings, cache=self._cache))
+        return self._engine_instance
 
-                async def run(response: str, images: list[ImageData]) -> Document:
-                    return await engine.run_response(response, input_images=images)
-
-                self._execute = run
-        return self._execute
-
-    async def _document(self, sample: Sample, parsed: Any) -> Document:
+    async def _document(self, sample: Sample, parsed: ParsedResponse) -> Document:
         if sample.document is not None:
             return sample.document
         if not parsed.slots:  # nothing to run: no need for the engine at all
             return Document(blocks=[TextBlock(parsed.text)] if parsed.text else [], violations=parsed.violations)
-        execute = await self._executor()
-        return await execute(sample.response, list(sample.input_images))
+        if self._execute is not None:
+            return await self._execute(sample.response, list(sample.input_images))
+        engine = await self._engine()
+        return await engine.run_parsed(parsed, list(sample.input_images))  # the reading made in _score
 
     @staticmethod
     async def _judged(score: Callable[..., Awaitable[T]], *args: Any) -> tuple[T | None, str | None]:
@@ -397,7 +409,7 @@ class RewardScorer:
         llm_task = None
         if self.judges:  # the LLM judge needs only the raw response: overlap it with tool execution
             assert self._llm is not None
-            response = strip_think(sample.response)
+            response = judged_response(parsed)
             llm_task = asyncio.ensure_future(self._judged(self._llm.score, question, response))
         try:
             try:
