@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from .errors import ConfigError
 from .server.settings import ServerSettings
+from .tools.spec import TOOLS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,12 +74,8 @@ class ToolSettings(_Section):
 
 
 def _default_tools() -> dict[str, ToolSettings]:
-    return {
-        "search": ToolSettings(backends=["local"], concurrency=8, timeout_s=60),
-        "diffusion": ToolSettings(backends=[], concurrency=2, timeout_s=300),
-        "code": ToolSettings(backends=["sandbox"], concurrency=2, timeout_s=60, retries=0),
-        "edit": ToolSettings(backends=[], concurrency=2, timeout_s=300),
-    }
+    """One ``ToolSettings`` per tool, with the tool table's defaults (:data:`llmi.tools.spec.TOOLS`)."""
+    return {name: ToolSettings(**spec.defaults) for name, spec in TOOLS.items()}
 
 
 class FetchSettings(_Section):

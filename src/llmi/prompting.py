@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError
-from .protocol import SOURCES
+from .tools.spec import SOURCES, TOOLS
 
 BUILTIN_NAME = "llmi/system.md"
 
@@ -54,10 +54,11 @@ def usable(tools: Sequence[str]) -> list[str]:
 def _fill(template: str, tools: Sequence[str]) -> str:
     tools = usable(tools)
     if tools:
-        listing = "".join(prompt_file(f"tool_{t}.md") for t in tools)
+        listing = "".join(prompt_file(TOOLS[t].prompt_file) for t in tools)
     else:
         listing = prompt_file("no_tools.md").strip().split("\n\n")[-1]
-    edit_rules = prompt_file("edit_rules.md") if "edit" in tools else ""
+    rules = [TOOLS[t].rules_file for t in tools if TOOLS[t].rules_file]
+    edit_rules = "".join(prompt_file(f) for f in rules if f)
     return template.replace("{{TOOLS}}", listing.rstrip("\n")).replace("{{EDIT_RULES}}", edit_rules.rstrip("\n")).strip() + "\n"
 
 

@@ -30,15 +30,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
-SOURCES = ("search", "diffusion", "code", "edit")
+from .tools.spec import PARAMS, SOURCES  # the tool table: names in order, each one's exact parameters
+
 TOP_KEYS = ("source", "description", "params")
-#: The exact parameter set each source takes, with the expected type of each value.
-PARAMS: dict[str, dict[str, type]] = {
-    "diffusion": {"prompt": str},
-    "search": {"query": str},
-    "code": {"code": str},
-    "edit": {"img_index": int, "prompt": str},
-}
 
 OPEN_TAG, CLOSE_TAG = "<imgen>", "</imgen>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ..tools.spec import TOOLS
+
 #: Longest piece of provenance text shown; a credit is a line, not a place for a page of text.
 _MAX_PART = 300
 
@@ -78,45 +80,61 @@ def _engine(prov: Mapping[str, Any], fallback: str) -> str:
     return _text(prov, "model") or _text(prov, "backend") or fallback
 
 
+def search_credit(prov: Mapping[str, Any], params: Mapping[str, Any]) -> list[Part]:
+    """``Photo: <title> by <author>, <licence> — <host link>`` (or the library path)."""
+    title, author = _text(prov, "title"), _text(prov, "author")
+    who = title or ""
+    if author:
+        who = f"{who} by {author}" if who else author
+    if not who:
+        query = _text(prov, "query")
+        who = f"result for “{query}”" if query else (_text(prov, "backend") or "web search")
+    head = f"Photo: {who}"
+    license_ = _text(prov, "license")
+    if license_:
+        head += f", {license_}"
+    parts: list[Part] = [head]
+    source = _source_part(prov)
+    if source is not None:
+        parts.extend([" — ", source])
+    elif _text(prov, "path"):  # the local image library
+        parts.append(f" — image library: {_text(prov, 'path')}")
+    return parts
+
+
+def diffusion_credit(prov: Mapping[str, Any], params: Mapping[str, Any]) -> list[Part]:
+    return [f"Generated with {_engine(prov, 'an image model')}"]
+
+
+def code_credit(prov: Mapping[str, Any], params: Mapping[str, Any]) -> list[Part]:
+    return ["Chart rendered from code"]
+
+
+def edit_credit(prov: Mapping[str, Any], params: Mapping[str, Any]) -> list[Part]:
+    text = f"Edited with {_engine(prov, 'an image model')}"
+    index = params.get("img_index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        text += f" (from image {index})"
+    return [text]
+
+
 def credit_parts(
     tool: str, provenance: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None
 ) -> list[Part]:
-    """What the caption says about where an image came from, e.g. ``Photo: Eiffel Tower, CC BY-SA 4.0 — source``."""
+    """What the caption says about where an image came from, e.g. ``Photo: Eiffel Tower, CC BY-SA 4.0 — source``.
+
+    Each tool's wording is its formatter in the tool table (:data:`llmi.tools.spec.TOOLS`); the user's
+    own images (``tool == "input"``) and unknown tools are handled here.
+    """
     prov = provenance if isinstance(provenance, Mapping) else {}
     params = params if isinstance(params, Mapping) else {}
-    parts: list[Part] = []
-    if tool == "search":
-        title, author = _text(prov, "title"), _text(prov, "author")
-        who = title or ""
-        if author:
-            who = f"{who} by {author}" if who else author
-        if not who:
-            query = _text(prov, "query")
-            who = f"result for “{query}”" if query else (_text(prov, "backend") or "web search")
-        head = f"Photo: {who}"
-        license_ = _text(prov, "license")
-        if license_:
-            head += f", {license_}"
-        parts.append(head)
-        source = _source_part(prov)
-        if source is not None:
-            parts.extend([" — ", source])
-        elif _text(prov, "path"):  # the local image library
-            parts.append(f" — image library: {_text(prov, 'path')}")
-    elif tool == "diffusion":
-        parts.append(f"Generated with {_engine(prov, 'an image model')}")
-    elif tool == "code":
-        parts.append("Chart rendered from code")
-    elif tool == "edit":
-        text = f"Edited with {_engine(prov, 'an image model')}"
-        index = params.get("img_index")
-        if isinstance(index, int) and not isinstance(index, bool):
-            text += f" (from image {index})"
-        parts.append(text)
+    spec = TOOLS.get(tool) if isinstance(tool, str) else None
+    if spec is not None:
+        parts = list(spec.credit(prov, params))
     elif tool == "input":
-        parts.append("Your image")
+        parts = ["Your image"]
     else:
-        parts.append(f"Image from {' '.join(str(tool).split())[:_MAX_PART] or 'an unknown tool'}")
+        parts = [f"Image from {' '.join(str(tool).split())[:_MAX_PART] or 'an unknown tool'}"]
     if prov.get("cached") is True:
         parts.append(" (cached)")
     return parts

@@ -22,13 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping
 
+from ..tools.spec import TOOLS
+
 #: ``image_num`` values with a special meaning (anything ``> 0`` asks for exactly that many images).
 NO_IMAGES = -1  # the answer must contain no image
 ANY_IMAGES = 0  # no constraint
 SOME_IMAGES = 99  # at least one image, any number
 
-#: The paper's tool difficulty weights.
-DEFAULT_TOOL_WEIGHTS: dict[str, float] = {"code": 0.4, "edit": 0.3, "search": 0.2, "diffusion": 0.1}
+#: The paper's tool difficulty weights (code 0.4, edit 0.3, search 0.2, diffusion 0.1), from the tool table.
+DEFAULT_TOOL_WEIGHTS: dict[str, float] = {name: spec.reward_weight for name, spec in TOOLS.items()}
 
 TRAIN_SPLITS = frozenset({"train"})
 EVAL_SPLITS = frozenset({"test", "eval", "validation", "val", "dev"})

@@ -13,11 +13,12 @@ from importlib.metadata import entry_points
 
 from ..errors import ConfigError
 from .base import Backend
+from .spec import SOURCES
 
 _registered: dict[tuple[str, str], type[Backend]] = {}
 _entry_points: dict[tuple[str, str], str] | None = None
 
-TOOLS = ("search", "diffusion", "code", "edit")
+TOOLS = SOURCES  # the tool names, from the tool table
 
 
 def _load_entry_points() -> dict[tuple[str, str], str]:
