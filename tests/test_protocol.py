@@ -290,7 +290,7 @@ def test_stream_one_char_at_a_time_and_three_way_splits(sample):
 
 
 def test_stream_emits_call_as_soon_as_tag_closes_and_holds_partial_markers():
-    p = StreamParser()
+    p = StreamParser(start_in_think=False)  # a live reader that knows the response does not start in think
     text = "Hello " + tag(CODE)
     out = p.feed(text[:-3])
     assert out == [Text("Hello ")]
@@ -475,7 +475,7 @@ def test_filler_detection_leaves_ordinary_prose_alone(before):
 def test_compaction_keeps_remembered_searches_valid():
     # > 4096 characters consumed while a tag is open: the next feed compacts the buffer and shifts the
     # remembered (negative) searches for the close tag; the tag must still close where it does
-    p = StreamParser()
+    p = StreamParser(start_in_think=False)
     first = p.feed("p" * 4300 + "<imgen>{'source': 'code', 'description': 'd', ")
     assert first == [Text("p" * 4300)]
     segs = p.feed("'params': {'code': 'x'}}</im") + p.feed("gen> after" + tag(SEARCH))

@@ -7,18 +7,33 @@ Pure: no I/O. A response is text with inline tags::
 
 The payload may be JSON or a Python dict literal (single quotes, ``True``/``None``), which is what models
 trained on the LLM-I data write. Strings are decoded exactly once, by the JSON or Python literal rules:
-``\n`` escapes become newlines, real newlines inside strings are accepted, and non-ASCII text is kept as is.
+``\n`` escapes become newlines and non-ASCII text is kept as is.
+
+The LLM-I release's own code-tag layout is read too: ``{'source': 'code', 'description': '…', 'params':
+{'code': '…'}}`` with *unescaped* single quotes inside the code, where the code is everything between its
+opening quote and the closing ``'}}`` (escapes read as Python reads them). It is that release's format, so it
+is no violation. Where a strict JSON or Python-literal reading succeeds, it wins.
+
+Some payloads can only be read *leniently* — the release's parser rejects them: a Markdown fence inside the
+tag (``<imgen>```json {...}```</imgen>``), a quoted string with a raw newline in it, or text around the
+object (``<imgen> {...} </imgen>``, which the release's tag pattern ``<imgen>{…}</imgen>`` does not see).
+They still become tool calls (users want the picture), marked :attr:`ToolCall.lenient` with the reasons
+and reported as a :class:`Violation` each; :meth:`ParsedResponse.release_reading` turns them into invalid
+tags for a reward that follows the release (see ``docs/protocol.md``).
 
 Every tag — valid or not — takes one *slot*; images are numbered user images first (``0..n-1``), then one
 per slot, so an ``edit``'s ``img_index`` means the same thing whatever fails. An invalid tag yields an
 :class:`InvalidTag` with a :class:`TagErrorKind`; nothing here raises on bad input.
 
 Format violations that a reward needs (a tag inside a Markdown code fence — which stays plain text —,
-filler such as "Here is an image:" before a tag, an unclosed tag, invalid tags) are reported as
-:class:`Violation` values.
+filler such as "Here is an image:" before a tag, an unclosed tag, invalid tags, lenient readings) are
+reported as :class:`Violation` values.
 
 :class:`StreamParser` does the same incrementally: feed it chunks as a model streams them and it returns
-text and complete tool calls as soon as each tag closes, wherever the chunk boundaries fall.
+text and complete tool calls as soon as each tag closes, wherever the chunk boundaries fall. Fed any
+response in any chunks, it gives what :func:`parse_response` gives for the whole response (same segments
+once adjacent texts are joined, same violations, and :attr:`StreamParser.amended` for the tags whose reason
+became exact at the end). Both run in time linear in the input.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ import ast
 import enum
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
@@ -53,6 +69,22 @@ class TagErrorKind(str, enum.Enum):
     INDEX_OUT_OF_RANGE = "index_out_of_range"
     FORWARD_REFERENCE = "forward_reference"
     UNCLOSED = "unclosed_tag"
+    #: Readable only leniently, and counted invalid as the LLM-I release counts it
+    #: (made by :meth:`ParsedResponse.release_reading`, never by the parser itself).
+    LENIENT = "lenient_reading"
+
+
+#: Why a valid call was read leniently (each is also a :class:`Violation` kind). The LLM-I release's
+#: parser rejects all three; llmi still runs the call.
+LENIENT_FENCE = "lenient_fence"  # a Markdown code fence inside the tag
+RAW_NEWLINE = "raw_newline_in_string"  # a quoted string holding a raw newline (or other control character)
+PADDED_PAYLOAD = "padded_payload"  # text around the object: not `{` right after <imgen>, `}` right before </imgen>
+LENIENT_REASONS = (LENIENT_FENCE, RAW_NEWLINE, PADDED_PAYLOAD)
+_LENIENT_DETAIL = {
+    LENIENT_FENCE: "the payload is wrapped in a Markdown code fence inside the tag",
+    RAW_NEWLINE: "a quoted string holds a raw newline (write \\n inside strings)",
+    PADDED_PAYLOAD: "the payload does not start with '{' right after <imgen> and end with '}' right before </imgen>",
+}
 
 
 @dataclass(frozen=True)
@@ -69,13 +101,18 @@ class Think:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A valid tag. ``index`` counts tags from 0; its image index is ``n_input_images + index``."""
+    """A valid tag. ``index`` counts tags from 0; its image index is ``n_input_images + index``.
+
+    ``lenient``: why the payload could only be read leniently (:data:`LENIENT_REASONS`), empty for a
+    strict reading; such a call runs, but the LLM-I release's parser would have rejected it.
+    """
 
     index: int
     source: str
     description: str
     params: dict[str, Any]
     raw: str = ""
+    lenient: tuple[str, ...] = ()
 
     @property
     def depends_on(self) -> int | None:
@@ -101,7 +138,12 @@ class InvalidTag:
 
 @dataclass(frozen=True)
 class Violation:
-    """A format problem in the response. ``kind``: fenced_tag, filler_intro, unclosed_tag, invalid_tag."""
+    """A format problem in the response.
+
+    ``kind``: ``fenced_tag``, ``filler_intro``, ``unclosed_tag``, ``invalid_tag``, or a lenient reading of a
+    call that still runs (``lenient_fence``, ``raw_newline_in_string``, ``padded_payload``). ``offset``
+    is where the tag starts in the response.
+    """
 
     kind: str
     detail: str
@@ -115,8 +157,12 @@ Slot = Union[ToolCall, InvalidTag]
 
 @dataclass
 class ParsedResponse:
+    """One reading of a whole response. ``start_in_think``: whether it was read as starting inside the
+    reasoning (a leading part closed by a bare ``</think>``)."""
+
     segments: list[Segment] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    start_in_think: bool = False
 
     @property
     def slots(self) -> list[Slot]:
@@ -134,6 +180,44 @@ class ParsedResponse:
     def text(self) -> str:
         """The visible text (no think blocks, no tags)."""
         return "".join(s.text for s in self.segments if isinstance(s, Text))
+
+    @property
+    def lenient(self) -> list[ToolCall]:
+        """The calls that could only be read leniently."""
+        return [s for s in self.segments if isinstance(s, ToolCall) and s.lenient]
+
+    def tagged_text(self) -> str:
+        """The response without its reasoning, tags kept as written (what :func:`strip_think` returns)."""
+        out: list[str] = []
+        for s in self.segments:
+            if isinstance(s, Text):
+                out.append(s.text)
+            elif isinstance(s, (ToolCall, InvalidTag)):
+                out.append(OPEN_TAG + s.raw + CLOSE_TAG)
+        return "".join(out)
+
+    def release_reading(self) -> "ParsedResponse":
+        """This reading with every lenient call turned into an :class:`InvalidTag` (``lenient_reading``).
+
+        That is how the LLM-I release's reward sees such a tag: no image, no attempt. Slots keep their
+        indices; an ``edit`` of such a slot stays a call (the release counts it valid) and fails when run
+        because the image it edits does not exist. Violations are unchanged (the lenient ones are there).
+        """
+        if not any(isinstance(s, ToolCall) and s.lenient for s in self.segments):
+            return self
+        segments: list[Segment] = []
+        for s in self.segments:
+            if isinstance(s, ToolCall) and s.lenient:
+                s = InvalidTag(
+                    index=s.index,
+                    kind=TagErrorKind.LENIENT,
+                    detail=f"read only leniently ({', '.join(s.lenient)}); the LLM-I release's parser rejects it",
+                    raw=s.raw,
+                    source=s.source,
+                    description=s.description,
+                )
+            segments.append(s)
+        return ParsedResponse(segments, list(self.violations), self.start_in_think)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,24 +287,161 @@ def _clean_strings(obj: Any) -> Any:
     return obj
 
 
-def decode_payload(payload: str) -> Any:
-    """Decode a tag payload written as JSON or as a Python literal. Raises ValueError if neither."""
+_ESCAPE = re.compile(r"\\(N\{[^{}\n]{1,100}\}|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|[0-7]{1,3}|.)", re.DOTALL)
+_SIMPLE_ESCAPES = {
+    "\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
+    "v": "\v", "\n": "",
+}
+
+
+def _python_unescape(text: str) -> str:
+    r"""Read the escapes in ``text`` as a Python string literal would (``\n``, ``\'``, ``\\``, ``\x41``,
+    ``\u00e9``, ``\N{BULLET}``, octal, a backslash before a newline), in one linear pass.
+
+    An escape Python does not know (``\d``) or one it would refuse (``\x4``, ``\N{nonsense}``, a code point
+    past U+10FFFF) is kept exactly as written — there is no unambiguous reading of it. Non-ASCII passes
+    through untouched.
+    """
+    if "\\" not in text:
+        return text
+
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        c = e[0]
+        if len(e) == 1:
+            if c in _SIMPLE_ESCAPES:
+                return _SIMPLE_ESCAPES[c]
+            if c in "01234567":
+                return chr(int(e, 8))
+            return m.group(0)
+        if c in "xuU":
+            cp = int(e[1:], 16)
+            return chr(cp) if cp <= 0x10FFFF else m.group(0)
+        if c == "N":
+            try:
+                return unicodedata.lookup(e[2:-1])
+            except KeyError:
+                return m.group(0)
+        return chr(int(e, 8))  # two or three octal digits
+
+    return _ESCAPE.sub(one, text)
+
+
+#: The fixed head of the LLM-I release's code-tag layout, up to the code's opening quote. The description
+#: may hold no single quote (the release's pattern is the same).
+_RELEASE_CODE_HEAD = re.compile(r"\{'source': 'code', 'description': '([^']*)', 'params': \{'code': '")
+_RELEASE_CODE_TAIL = "'}}"
+
+
+def _release_code_form(text: str) -> dict[str, Any] | None:
+    """The LLM-I release's code tag, whose code may hold unescaped single quotes, or ``None``.
+
+    ``{'source': 'code', 'description': '<no quote>', 'params': {'code': '<anything>'}}`` with exactly this
+    spacing and key order: the code is everything between its opening quote and the closing ``'}}`` at the
+    end (raw newlines included), its escapes read as Python reads them. Linear: one anchored match and
+    one look at the end.
+    """
+    m = _RELEASE_CODE_HEAD.match(text)
+    if m is None or "\x00" in text:  # no Python source holds a NUL; a literal reading refuses it too
+        return None
+    body = text.rstrip()
+    end = len(body) - len(_RELEASE_CODE_TAIL)
+    if not body.endswith(_RELEASE_CODE_TAIL) or end < m.end():
+        return None
+    return {
+        "source": "code",
+        "description": _python_unescape(m.group(1)),
+        "params": {"code": _python_unescape(body[m.end() : end])},
+    }
+
+
+_FENCE_OPEN = re.compile(r"```[\w.+-]*")
+
+
+def _unfence(text: str) -> str | None:
+    """The inside of a payload wrapped in a code fence (any info string: json, json5, py3), or ``None``.
+
+    A fixed-width look at both ends rather than a regex over the whole payload, which backtracked
+    quadratically on whitespace (a ```` ``` ```` followed by thousands of newlines took seconds).
+    """
+    if len(text) < 6 or not (text.startswith("```") and text.endswith("```")):
+        return None
+    m = _FENCE_OPEN.match(text)
+    end = len(text) - 3
+    if m is None or m.end() > end:
+        return None
+    return text[m.end() : end].strip()
+
+
+_LITERAL_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
+
+
+def _strict(text: str) -> tuple[bool, Any, list[Exception]]:
+    """Strict JSON, a Python literal, or the release's code layout — the readings the release accepts."""
+    errors: list[Exception] = []
+    try:
+        return True, json.loads(text), errors
+    except (ValueError, RecursionError) as exc:
+        errors.append(exc)
+    try:
+        return True, ast.literal_eval(text), errors
+    except _LITERAL_ERRORS as exc:
+        errors.append(exc)
+    code = _release_code_form(text)
+    if code is not None:
+        return True, code, errors
+    return False, None, errors
+
+
+def _raw_newlines(text: str) -> tuple[bool, Any]:
+    """JSON or a Python literal whose strings may hold raw newlines (and other control characters)."""
+    try:
+        return True, json.loads(text, strict=False)
+    except (ValueError, RecursionError):
+        pass
+    escaped = _escape_raw_newlines(text)
+    if escaped == text:
+        return False, None
+    try:
+        return True, json.loads(escaped, strict=False)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return True, ast.literal_eval(escaped)
+    except _LITERAL_ERRORS:
+        return False, None
+
+
+def read_payload(payload: str) -> tuple[Any, tuple[str, ...]]:
+    """Decode a tag payload: ``(value, lenient reasons)``. Raises ValueError when nothing reads it.
+
+    Strict readings first (JSON, a Python literal, the release's code layout); then, in order, a code
+    fence around the object (:data:`LENIENT_FENCE`) and quoted strings with raw newlines
+    (:data:`RAW_NEWLINE`). Whitespace or other text around the object is :data:`PADDED_PAYLOAD`.
+    """
     text = payload.strip().lstrip("\ufeff").strip()
-    # Models sometimes wrap the payload in a code fence inside the tag (any info string: json, json5, py3).
-    m = re.fullmatch(r"```[\w.+-]*\s*(.*?)\s*```", text, re.DOTALL)
-    if m:
-        text = m.group(1)
-    errors = []
-    for candidate in (text, _escape_raw_newlines(text)):
-        try:
-            return _clean_strings(json.loads(candidate, strict=False))
-        except (ValueError, RecursionError) as exc:
-            errors.append(exc)
-        try:
-            return _clean_strings(ast.literal_eval(candidate))
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-            errors.append(exc)
-    raise ValueError(f"payload is neither JSON nor a Python literal ({errors[0]})")
+    reasons: list[str] = []
+    inner = _unfence(text)
+    if inner is not None:
+        reasons.append(LENIENT_FENCE)
+        text = inner
+    elif not (payload.startswith("{") and payload.endswith("}")):
+        reasons.append(PADDED_PAYLOAD)
+    ok, value, errors = _strict(text)
+    if not ok:
+        ok, value = _raw_newlines(text)
+        reasons.append(RAW_NEWLINE)
+    if not ok:
+        raise ValueError(f"payload is neither JSON nor a Python literal ({errors[0]})")
+    return _clean_strings(value), tuple(reasons)
+
+
+def decode_payload(payload: str) -> Any:
+    """Decode a tag payload written as JSON or as a Python literal. Raises ValueError if neither.
+
+    The value of :func:`read_payload`, without the reasons.
+    """
+    return read_payload(payload)[0]
 
 
 def validate(
@@ -244,7 +465,7 @@ def validate(
         )
 
     try:
-        obj = decode_payload(payload)
+        obj, lenient = read_payload(payload)
     except ValueError as exc:
         return bad(TagErrorKind.UNPARSEABLE, str(exc)[:300])
     if not isinstance(obj, dict):
@@ -322,7 +543,9 @@ def validate(
                 source,
                 description,
             )
-    return ToolCall(index=index, source=source, description=description, params=dict(params), raw=payload)
+    return ToolCall(
+        index=index, source=source, description=description, params=dict(params), raw=payload, lenient=lenient
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,6 +625,8 @@ def is_filler(preceding_text: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 _MARKERS = (OPEN_TAG, THINK_OPEN, THINK_CLOSE)
+#: The longest proper prefix of any marker: this much of the unread end may have to wait for more input.
+_HOLD = max(len(m) for m in (OPEN_TAG, CLOSE_TAG, THINK_OPEN, THINK_CLOSE)) - 1
 
 
 def _partial_suffix(buf: str, markers: Iterable[str]) -> int:
@@ -415,24 +640,61 @@ def _partial_suffix(buf: str, markers: Iterable[str]) -> int:
     return best
 
 
+def starts_in_think(response: str) -> bool:
+    """Whether a whole response starts inside the reasoning: a ``</think>`` comes before any ``<think>``.
+
+    That happens when the chat template opened ``<think>`` in the prompt (DeepSeek-R1 distills, QwQ, the
+    Qwen3 thinking models) and the server passes the reasoning on in the text. This is the decision
+    :func:`parse_response` and ``StreamParser(start_in_think=None)`` make; markers count wherever they are
+    (a fence does not hide them).
+    """
+    close = response.find(THINK_CLOSE)
+    return close >= 0 and THINK_OPEN not in response[:close]
+
+
+def prompt_opens_think(prompt: str) -> bool:
+    """Whether a rendered prompt leaves a ``<think>`` block open, so the response starts in the reasoning.
+
+    For backends that render the chat template themselves: pass the result as ``start_in_think`` to
+    :class:`StreamParser` and :func:`parse_response` to read a response live without holding it back.
+    """
+    opened = prompt.rfind(THINK_OPEN)
+    return opened >= 0 and prompt.find(THINK_CLOSE, opened) < 0
+
+
 class StreamParser:
     """Incremental tag parser. ``feed(chunk)`` and ``close()`` return the new segments.
 
     Text is returned as soon as it cannot be the start of a tag; a tool call is returned the moment its
-    closing tag arrives. ``violations`` accumulates format problems. ``start_in_think`` is for chat
-    templates that open ``<think>`` in the prompt, so the response starts inside the reasoning.
+    closing tag arrives. ``violations`` accumulates format problems.
+
+    ``start_in_think``: ``True`` when the response starts inside the reasoning (the chat template opened
+    ``<think>`` in the prompt), ``False`` when it does not, ``None`` to decide as :func:`parse_response`
+    does by default (:func:`starts_in_think`) — which needs to see the first think marker, so until one
+    arrives (or :meth:`close`) nothing is returned: a live caller that knows the answer passes it.
+    :attr:`think_start` is the decision once made. Whatever the chunks, the output agrees with
+    :func:`parse_response` given the same ``start_in_think``.
+
+    Linear in the input: the unread buffer never holds more than a possible partial marker between
+    calls; the inside of a long tag and an undecided beginning are kept as lists of pieces.
     """
 
-    def __init__(self, n_input_images: int = 0, *, n_tags: int | None = None, start_in_think: bool = False):
+    def __init__(
+        self, n_input_images: int = 0, *, n_tags: int | None = None, start_in_think: bool | None = False
+    ):
         self.n_input_images = n_input_images
         self.n_tags = n_tags
         self.violations: list[Violation] = []
-        # Unread input is self._buf[self._pos:]; a cursor (not re-slicing) keeps parsing linear.
+        # Unread input is self._buf[self._pos:]; a cursor (not re-slicing) keeps one big feed linear.
         self._buf = ""
         self._pos = 0
         #: marker -> (lo, hi, found): the first occurrence at or after buffer index lo, searched up to hi.
         self._memo: dict[str, tuple[int, int, int]] = {}
-        self._mode = "think" if start_in_think else "text"
+        #: The decision, once made (None while undecided).
+        self.think_start: bool | None = start_in_think
+        self._mode = "undecided" if start_in_think is None else ("think" if start_in_think else "text")
+        self._held: list[str] = []  # undecided beginning, not yet read (not counted in _offset)
+        self._payload: list[str] = []  # the inside of the open tag read so far
         self._offset = 0  # offset in the raw response of the cursor
         self._tag_start = 0
         self._next_index = 0
@@ -454,7 +716,7 @@ class StreamParser:
         """Where ``marker`` next occurs, relative to the cursor, or -1.
 
         Remembers earlier searches, so text that was already searched is not scanned again — without
-        this a response of many unclosed tags, or a long tag streamed in small pieces, costs O(n²).
+        this a response of many unclosed tags costs O(n²).
         """
         buf, pos = self._buf, self._pos
         memo = self._memo.get(marker)
@@ -477,15 +739,11 @@ class StreamParser:
         return _partial_suffix(tail, markers)
 
     def _compact(self) -> None:
-        pos = self._pos
-        if pos > 4096 and pos * 2 > len(self._buf):
-            self._buf = self._buf[pos:]
-            self._memo = {
-                m: (max(0, lo - pos), hi - pos, found - pos if found >= 0 else -1)
-                for m, (lo, hi, found) in self._memo.items()
-                if hi >= pos
-            }
+        """Drop what was read. Between calls the unread part is at most a partial marker, so this is cheap."""
+        if self._pos:
+            self._buf = self._buf[self._pos :]
             self._pos = 0
+            self._memo = {}
 
     def _push(self, out: list[Segment], seg: Segment) -> None:
         self._flush_text(out)
@@ -528,24 +786,53 @@ class StreamParser:
             self.violations.append(Violation(kind, seg.reason, idx, offset))
             if seg.kind is TagErrorKind.FORWARD_REFERENCE and self.n_tags is None:
                 self._forward.append((len(self.violations) - 1, seg))
+        else:
+            for reason in seg.lenient:
+                self.violations.append(
+                    Violation(reason, _LENIENT_DETAIL[reason] + "; read leniently (the LLM-I release rejects it)", idx, offset)
+                )
         self._push(out, seg)
         # a tag ends the current line of text as far as fences and fillers are concerned
         self._tail = ""
 
-    # -- public API ------------------------------------------------------------------------------
-    def feed(self, chunk: str) -> list[Segment]:
-        if self._closed:
-            raise RuntimeError("feed() after close()")
-        self._compact()
-        self._buf += chunk
-        out: list[Segment] = []
-        while self._rest():
+    def _decide(self, final: bool) -> bool:
+        """Make the start-in-think decision if the input so far allows it; True when made."""
+        close = self._find(THINK_CLOSE)
+        opened = self._find(THINK_OPEN)
+        if opened >= 0 and (close < 0 or opened < close):
+            decision = False
+        elif close >= 0:
+            decision = True
+        elif final:
+            decision = False
+        else:
+            # neither marker yet: keep all but a possible partial marker aside, unread
+            keep = self._pos + max(0, self._rest() - _HOLD)
+            if keep > self._pos:
+                self._held.append(self._buf[self._pos : keep])
+                self._buf, self._pos, self._memo = self._buf[keep:], 0, {}
+            return False
+        if self._held:
+            self._buf = "".join(self._held) + self._buf[self._pos :]
+            self._held, self._pos, self._memo = [], 0, {}
+        self.think_start = decision
+        self._mode = "think" if decision else "text"
+        return True
+
+    def _run(self, out: list[Segment], final: bool) -> None:
+        while True:
+            if self._mode == "undecided":
+                if not self._decide(final):
+                    return
+                continue
+            if not self._rest() and not (final and self._mode == "tag"):
+                return
             if self._mode == "text":
                 positions = [(p, m) for m in _MARKERS if (p := self._find(m)) >= 0]
                 if not positions:
-                    keep = self._held_back(_MARKERS)
+                    keep = 0 if final else self._held_back(_MARKERS)
                     self._visible(self._consume(self._rest() - keep), out)
-                    break
+                    return
                 pos, marker = min(positions)
                 self._visible(self._consume(pos), out)
                 if self._fence is not None:
@@ -567,11 +854,11 @@ class StreamParser:
             elif self._mode == "think":
                 pos = self._find(THINK_CLOSE)
                 if pos < 0:
-                    keep = self._held_back((THINK_CLOSE,))
+                    keep = 0 if final else self._held_back((THINK_CLOSE,))
                     text = self._consume(self._rest() - keep)
                     if text:
                         self._push(out, Think(text))
-                    break
+                    return
                 text = self._consume(pos)
                 if text:
                     self._push(out, Think(text))
@@ -582,16 +869,42 @@ class StreamParser:
                 reopen = self._find(OPEN_TAG)
                 if reopen >= 0 and (close < 0 or reopen < close):
                     # a new tag opens before this one closed: this one is unclosed
-                    payload = self._consume(reopen)
-                    self._unclosed(payload, out)
+                    self._unclosed(self._take_payload(reopen), out)
                     self._mode = "text"
                     continue
                 if close < 0:
-                    break  # wait for more
-                payload = self._consume(close)
+                    if final:
+                        self._unclosed(self._take_payload(self._rest()), out)
+                        self._mode = "text"
+                        return
+                    # wait for more; set aside all but what may be the start of a marker
+                    n = self._rest() - _HOLD
+                    if n > 0:
+                        self._payload.append(self._consume(n))
+                    return
+                payload = self._take_payload(close)
                 self._consume(len(CLOSE_TAG))
                 self._slot(payload, out, self._tag_start)
                 self._mode = "text"
+
+    def _take_payload(self, n: int) -> str:
+        """The open tag's payload: what was set aside and the next ``n`` unread characters."""
+        last = self._consume(n)
+        if not self._payload:
+            return last
+        self._payload.append(last)
+        payload = "".join(self._payload)
+        self._payload = []
+        return payload
+
+    # -- public API ------------------------------------------------------------------------------
+    def feed(self, chunk: str) -> list[Segment]:
+        if self._closed:
+            raise RuntimeError("feed() after close()")
+        self._compact()
+        self._buf += chunk
+        out: list[Segment] = []
+        self._run(out, final=False)
         self._flush_text(out)
         return out
 
@@ -608,14 +921,9 @@ class StreamParser:
         if self._closed:
             return []
         self._closed = True
+        self._compact()
         out: list[Segment] = []
-        if self._mode == "text":
-            self._visible(self._consume(self._rest()), out)
-        elif self._mode == "think":
-            if self._rest():
-                self._push(out, Think(self._consume(self._rest())))
-        else:
-            self._unclosed(self._consume(self._rest()), out)
+        self._run(out, final=True)
         self._flush_text(out)
         self._buf, self._pos, self._memo = "", 0, {}
         self._amend_forward_references()
@@ -637,26 +945,10 @@ class StreamParser:
         return self._next_index
 
 
-def count_tags(response: str) -> int:
-    """How many slots a full response has (what :func:`parse_response` passes as ``n_tags``)."""
-    p = StreamParser(start_in_think=_starts_in_think(response))
-    segs = p.feed(response) + p.close()
-    return sum(isinstance(s, (ToolCall, InvalidTag)) for s in segs)
-
-
-def _starts_in_think(response: str) -> bool:
-    close = response.find(THINK_CLOSE)
-    return close >= 0 and THINK_OPEN not in response[:close]
-
-
-def parse_response(response: str, n_input_images: int = 0) -> ParsedResponse:
-    """Parse a complete response. A leading reasoning part closed by a bare ``</think>`` is dropped."""
-    start_in_think = _starts_in_think(response)
-    n_tags = count_tags(response)
-    p = StreamParser(n_input_images, n_tags=n_tags, start_in_think=start_in_think)
-    segments = p.feed(response) + p.close()
+def _merge(segments: Iterable[Segment]) -> list[Segment]:
+    """Join adjacent Text (and adjacent Think) segments, each run joined once."""
     merged: list[Segment] = []
-    run: list[str] = []  # texts of the current run of Text (or Think) segments, joined once
+    run: list[str] = []  # texts of the current run of Text (or Think) segments
     for seg in segments:
         if run and type(seg) is type(merged[-1]) and type(seg) in (Text, Think):
             run.append(seg.text)
@@ -667,16 +959,30 @@ def parse_response(response: str, n_input_images: int = 0) -> ParsedResponse:
         run = [seg.text] if type(seg) in (Text, Think) else []
     if len(run) > 1:
         merged[-1] = type(merged[-1])("".join(run))
-    return ParsedResponse(merged, p.violations)
+    return merged
 
 
-def strip_think(response: str) -> str:
+def parse_response(response: str, n_input_images: int = 0, *, start_in_think: bool | None = None) -> ParsedResponse:
+    """Parse a complete response in one pass.
+
+    ``start_in_think``: ``None`` decides with :func:`starts_in_think` — a leading reasoning part closed by a
+    bare ``</think>`` is read as reasoning and dropped from the text; ``True``/``False`` say it.
+    """
+    p = StreamParser(n_input_images, start_in_think=start_in_think)
+    segments = p.feed(response) + p.close()
+    if p.amended:
+        segments = [p.amended.get(s.index, s) if isinstance(s, InvalidTag) else s for s in segments]
+    return ParsedResponse(_merge(segments), p.violations, bool(p.think_start))
+
+
+def count_tags(response: str, *, start_in_think: bool | None = None) -> int:
+    """How many slots a full response has."""
+    return len(parse_response(response, start_in_think=start_in_think).slots)
+
+
+def strip_think(response: str, *, start_in_think: bool | None = None) -> str:
     """The response without reasoning blocks (tags kept)."""
-    p = StreamParser(start_in_think=_starts_in_think(response))
-    out = []
-    for s in p.feed(response) + p.close():
-        if isinstance(s, Text):
-            out.append(s.text)
-        elif isinstance(s, (ToolCall, InvalidTag)):
-            out.append(OPEN_TAG + s.raw + CLOSE_TAG)
-    return "".join(out)
+    return parse_response(response, start_in_think=start_in_think).tagged_text()
+
+
+_starts_in_think = starts_in_think  # the old private name
