@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from .errors import ConfigError
 from .server.settings import ServerSettings
+from .train.settings import TrainSettings
 from .tools.spec import TOOLS
 
 if sys.version_info >= (3, 11):
@@ -153,6 +154,7 @@ class Settings(_Section):
     llm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
     mllm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
     server: ServerSettings = Field(default_factory=ServerSettings, description="llmi serve")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="llmi train")
 
     #: The folder of the config file these settings came from (relative paths in it are relative to it).
     _config_dir: Path | None = PrivateAttr(None)

@@ -1,0 +1,318 @@
+"""Setting up and running a training job: :func:`plan` checks everything that can be checked without
+the model (recipe, data, judges, tools, prompt lengths, resume state); :func:`run_trl` trains with TRL's
+``GRPOTrainer`` on one machine; :mod:`llmi.train.verl_launch` writes a cluster launch instead.
+
+The output folder::
+
+    OUT/checkpoint-N/      Hugging Face checkpoints (model, optimizer, scheduler, RNG, trainer state)
+    OUT/config.json, ...   the final model (``from_pretrained(OUT)``) and its tokenizer/processor
+    OUT/metrics.jsonl      one line per logged step (see llmi.train.metrics)
+    OUT/samples/step-N.html
+    OUT/reward.png         reward and components over steps
+    OUT/llmi_train.json    what was run: model, data, resolved recipe, data fingerprint
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import Settings
+from ..errors import ConfigError, InputError
+from ..reward.rules import RewardConfig
+from ..reward.scoring import Executor
+from . import recipes
+from .data import TrainRow, read_rows
+from .errors import RecipeError, TrainDataError
+from .prepare import LengthReport, apply_system_prompt, fingerprint, limit_lengths, token_counter
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "llmi_train.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainRequest:
+    """What the user asked for (``llmi train`` flags, or a Python caller)."""
+
+    model: str
+    data: Sequence[str]
+    output_dir: Path
+    settings: Settings
+    recipe: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+    max_steps: int | None = None
+    resume: bool = False
+    backend: str | None = None
+    #: Replaces the engine that runs the tags (tests, benchmarks).
+    execute: Executor | None = None
+
+
+@dataclass
+class Plan:
+    request: TrainRequest
+    resolved: recipes.Resolved
+    reward: RewardConfig
+    rows: list[TrainRow]
+    system_prompt: str | None
+    usable_tools: list[str]
+    fingerprint: str
+    lengths: LengthReport
+    processing_class: Any = None
+    judge_models: dict[str, str] = field(default_factory=dict)
+    resume_from: Path | None = None
+
+    @property
+    def backend(self) -> str:
+        return self.request.backend or self.resolved.llmi.backend
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The ``checkpoint-N`` folder with the largest N that holds a trainer state."""
+    best: tuple[int, Path] | None = None
+    if not output_dir.is_dir():
+        return None
+    for p in output_dir.iterdir():
+        m = _CHECKPOINT.match(p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").exists():
+            if best is None or int(m.group(1)) > best[0]:
+                best = (int(m.group(1)), p)
+    return best[1] if best else None
+
+
+def checkpoint_step(path: Path) -> int:
+    m = _CHECKPOINT.match(path.name)
+    return int(m.group(1)) if m else 0
+
+
+def _system_prompt(choice: str, usable: list[str], settings: Settings) -> str | None:
+    from ..prompting import build_system_prompt
+
+    if choice == "keep":
+        return None
+    if choice == "llmi":
+        return build_system_prompt(usable).text
+    path = settings.resolve_path(choice)
+    if not Path(path).is_file():
+        raise RecipeError(f"system_prompt {choice!r}: no such file (use 'llmi', 'keep' or a prompt file)")
+    return build_system_prompt(usable, path=path).text
+
+
+def load_processing_class(model: str, *, multimodal: bool):
+    """The model's tokenizer (text) or processor (vision-language), as TRL would load it (left padding)."""
+    try:
+        from transformers import AutoProcessor, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover
+        raise ConfigError("training needs the train extra: pip install 'llmi[train]'") from exc
+    loader = AutoProcessor if multimodal else AutoTokenizer
+    try:
+        return loader.from_pretrained(model, truncation_side="left", padding_side="left")
+    except Exception as exc:  # noqa: BLE001 - hub, file and format errors alike
+        raise ConfigError(f"cannot load the tokenizer/processor of {model!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def plan(req: TrainRequest) -> Plan:
+    """Every check that needs no model weights; raises a typed error for the first problem found."""
+    backend = req.backend or req.settings.train.backend
+    known = recipes.trainer_fields()
+    if known is None and backend == "trl":
+        raise ConfigError("llmi train needs TRL: pip install 'llmi[train]'")
+    resolved = recipes.resolve(req.recipe, req.settings.train, flags=req.flags, known_trainer=known,
+                               reward=recipes.explicit_reward_fields(req.settings))
+    reward = recipes.reward_config(resolved, req.settings)
+    rows = read_rows(list(req.data))
+    out = Path(req.output_dir)
+    resume_from = None
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the output {out} is a file, not a folder")
+    if backend == "trl":
+        existing = last_checkpoint(out)
+        if req.resume:
+            if existing is None:
+                raise InputError(f"--resume: {out} has no checkpoint-N folder to resume from")
+            resume_from = existing
+        elif existing is not None:
+            raise InputError(f"{out} already holds {existing.name}; pass --resume to continue it, or choose "
+                             "another --output-dir")
+    if req.settings.train.check_judges and resolved.llmi.check_judges:
+        from .preflight import check_judges
+
+        judge_models = asyncio.run(check_judges(req.settings))
+    else:
+        judge_models = {}
+    from .preflight import missing_tools, usable_tools
+
+    usable = asyncio.run(usable_tools(req.settings))
+    needed = sorted({t for r in rows for t in r.tools})
+    missing = missing_tools(needed, usable)
+    if missing:
+        log.warning("the data asks for %s, which this configuration cannot run: those rollouts cannot "
+                    "earn r_tool success (configure their backends in [tools.*])", ", ".join(missing))
+    system = _system_prompt(resolved.llmi.system_prompt, usable, req.settings)
+    rows = apply_system_prompt(rows, system)
+    processing_class = None
+    lengths = LengthReport(kept=len(rows))
+    if backend == "trl" or resolved.llmi.max_prompt_length:
+        processing_class = load_processing_class(req.model, multimodal=any(r.images for r in rows))
+        rows, lengths = limit_lengths(rows, token_counter(processing_class), resolved.llmi.max_prompt_length,
+                                      resolved.llmi.prompt_overflow)
+    fp = fingerprint(rows)
+    if resume_from is not None:
+        _check_same_run(out, fp, req)
+    return Plan(request=req, resolved=resolved, reward=reward, rows=rows, system_prompt=system,
+                usable_tools=usable, fingerprint=fp, lengths=lengths, processing_class=processing_class,
+                judge_models=judge_models, resume_from=resume_from)
+
+
+def _check_same_run(out: Path, fp: str, req: TrainRequest) -> None:
+    try:
+        saved = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("%s has no readable %s; resuming without checking the data", out, RUN_FILE)
+        return
+    if saved.get("fingerprint") != fp:
+        raise TrainDataError(
+            f"--resume: the prepared data differs from the run in {out} (fingerprint {fp} vs "
+            f"{saved.get('fingerprint')}); the data order would not continue. Use the same --data, recipe "
+            "and system prompt, or start a new --output-dir"
+        )
+
+
+def _run_record(p: Plan) -> dict[str, Any]:
+    return {
+        "model": p.request.model,
+        "data": [str(d) for d in p.request.data],
+        "rows": len(p.rows),
+        "fingerprint": p.fingerprint,
+        "backend": p.backend,
+        "resolved": p.resolved.to_dict(),
+        "reward": {k: (dict(v) if hasattr(v, "items") else v) for k, v in p.reward.__dict__.items()},
+        "judges": p.judge_models,
+        "usable_tools": p.usable_tools,
+        "system_prompt_sha256": None if p.system_prompt is None else __import__("hashlib").sha256(
+            p.system_prompt.encode()).hexdigest(),
+        "prompt_lengths": p.lengths.__dict__,
+    }
+
+
+def world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def grpo_args(p: Plan) -> dict[str, Any]:
+    """The ``GRPOConfig`` keyword arguments of the run (llmi's additions over the resolved options)."""
+    t = dict(p.resolved.trainer)
+    s = p.resolved.llmi
+    req = p.request
+    t["output_dir"] = str(req.output_dir)
+    if req.max_steps is not None:
+        t["max_steps"] = req.max_steps
+    t.setdefault("logging_steps", 1)
+    t.setdefault("report_to", "none")
+    t.setdefault("seed", 42)
+    per_device = int(t.get("per_device_train_batch_size", 8))
+    generations = int(t.get("num_generations", 8))
+    if "gradient_accumulation_steps" not in t and s.prompt_batch:
+        completions = s.prompt_batch * generations
+        ga = completions / (per_device * world_size())
+        if ga < 1 or not float(ga).is_integer():
+            log.warning("prompt_batch %d x num_generations %d is not a multiple of per_device_train_batch_size %d x "
+                        "%d process(es); rounding gradient_accumulation_steps", s.prompt_batch, generations,
+                        per_device, world_size())
+        t["gradient_accumulation_steps"] = max(1, math.ceil(ga))
+    if s.lora:
+        t.setdefault("gradient_checkpointing", False)
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        cuda = False
+    if not cuda:
+        t.setdefault("use_cpu", True)
+        t.setdefault("bf16", False)
+    return t
+
+
+def peft_config(s) -> Any:
+    if not s.lora:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError as exc:
+        raise ConfigError("lora = true needs peft: pip install 'llmi[train]'") from exc
+    return LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                      target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    metrics: list[dict[str, Any]]
+    plot: Path | None
+    samples: list[Path]
+
+
+def run_trl(p: Plan) -> TrainResult:
+    """Train with TRL's GRPOTrainer; writes checkpoints, the final model, metrics, samples and the plot."""
+    import trl
+
+    from .callbacks import RunOutputs, make_callback
+    from .metrics import MetricsLog
+    from .prepare import trl_dataset
+    from .reward import TrainingReward
+
+    req = p.request
+    out = Path(req.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps(_run_record(p), indent=2, default=str) + "\n", encoding="utf-8")
+    if p.resume_from is not None:
+        dropped = MetricsLog(out / "metrics.jsonl").truncate_after(checkpoint_step(p.resume_from))
+        if dropped:
+            log.info("resuming at %s: dropped %d metrics line(s) logged after it", p.resume_from.name, dropped)
+    try:
+        args = trl.GRPOConfig(**grpo_args(p))
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"TRL refused the training options: {exc}") from exc
+    dataset = trl_dataset(p.rows, max_pixels=p.resolved.llmi.max_image_pixels)
+    reward = TrainingReward(req.settings, p.reward, impute=p.resolved.llmi.impute, execute=req.execute)
+    outputs = RunOutputs(reward, out, samples_every=p.resolved.llmi.samples_every,
+                         samples_per_page=p.resolved.llmi.samples_per_page)
+    trainer = trl.GRPOTrainer(
+        model=req.model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=p.processing_class,
+        peft_config=peft_config(p.resolved.llmi),
+        callbacks=[make_callback(outputs)],
+    )
+    try:
+        trainer.train(resume_from_checkpoint=str(p.resume_from) if p.resume_from else None)
+    finally:
+        loop = getattr(trainer, "async_loop", None)
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(reward.aclose(), loop).result(60)
+    trainer.save_model(str(out))
+    if p.processing_class is not None and trainer.is_world_process_zero():
+        p.processing_class.save_pretrained(str(out))
+    png = out / "reward.png"
+    return TrainResult(
+        output_dir=out,
+        global_step=trainer.state.global_step,
+        metrics=MetricsLog(out / "metrics.jsonl").read(),
+        plot=png if png.exists() else None,
+        samples=sorted((out / "samples").glob("step-*.html")),
+    )
