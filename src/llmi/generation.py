@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, Union
 
 from .document import Document, FailureBlock, ImageBlock
-from .errors import InputError, LLMError, ToolError
+from .errors import GenerationError, InputError, LLMError, ToolError  # GenerationError: re-exported
 from .events import Done, Event, TextEvent, ThinkEvent, ToolFinished, ToolStarted
 from .images import ImageData
 from .protocol import InvalidTag, Segment, StreamParser, Text, Think, ToolCall
@@ -47,16 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 ImageInput = Union[ImageData, bytes, str, "os.PathLike[str]"]
-
-
-class GenerationError(LLMError):
-    """The LLM failed part-way. ``document`` is what was written until then (tools finished), ``trace``
-    the run's trace."""
-
-    def __init__(self, message: str, *, document: Document, trace: "Trace"):
-        super().__init__(message)
-        self.document = document
-        self.trace = trace
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from .. import keys
 from ..config import JudgeSettings
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
-from ..errors import ConfigError, JudgeError
+from ..errors import ConfigError, JudgeFailure, ScoreParseError  # noqa: F401 - defined in the tree, re-exported
 from ..images import ImageData
 from ..retry import GaveUp, RetryPolicy, Transient, retry_call
 from ..tools import http as tool_http
@@ -55,10 +55,6 @@ def load_prompt(name: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Score parsing
 # ------------------------------------------------------------------------------------------------
-
-
-class ScoreParseError(ValueError):
-    """A judge reply without the expected scores."""
 
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
@@ -266,25 +262,6 @@ def mllm_judge_messages(
 # ------------------------------------------------------------------------------------------------
 # The client
 # ------------------------------------------------------------------------------------------------
-
-
-class JudgeFailure(JudgeError):
-    """A judge call that failed after its retries.
-
-    ``kind``: ``timeout``, ``connection``, ``rate_limited``, ``http_error``, ``auth``, ``bad_response``,
-    ``unparseable`` or ``error``; ``attempts``: how many requests were made; ``status``: the last HTTP
-    status, if any.
-    """
-
-    def __init__(self, message: str, *, kind: str, attempts: int = 1, status: int | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.attempts = attempts
-        self.status = status
-
-    @property
-    def reason(self) -> str:
-        return f"{self.kind}: {self}"
 
 
 @dataclass

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...errors import WorkerDied, WorkerStartError  # noqa: F401 - in the llmi.errors tree
 from .worker import MAX_HEADER, _HEADER
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,6 @@ class ChartOutcome:
     layers: tuple[str, ...] = ()
     font: str = ""
     warnings: tuple[str, ...] = ()
-
-
-class WorkerDied(Exception):
-    """The worker process ended or broke the protocol; the pool replaces it."""
-
-
-class WorkerStartError(Exception):
-    """A worker could not start (missing library, broken environment): not worth retrying at once."""
 
 
 class _Worker:

@@ -45,6 +45,8 @@ import platform
 import sys
 from dataclasses import dataclass, field
 
+from ...errors import SandboxSetupError  # noqa: F401 - in the llmi.errors tree
+
 # -- layer names --------------------------------------------------------------------------------------
 RLIMITS = "rlimits"
 UID_DROP = "uid_drop"
@@ -366,10 +368,6 @@ def expose_read_only(paths: list[str], staging: str) -> list[str]:
 # ======================================================================================================
 # Child side: applied after fork, before the chart code runs
 # ======================================================================================================
-
-
-class SandboxSetupError(Exception):
-    """A layer could not be applied in the child: the chart is refused, never run unprotected."""
 
 
 def set_rlimits(memory_bytes: int, cpu_s: int, fsize_bytes: int, nofile: int, nproc: int | None) -> None:
