@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
+from .eval.settings import EvalJudgeSettings
 from .server.settings import ServerSettings
 from .train.settings import TrainSettings
 from .tools.spec import TOOLS
@@ -155,6 +156,7 @@ class Settings(_Section):
     mllm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
     server: ServerSettings = Field(default_factory=ServerSettings, description="llmi serve")
     train: TrainSettings = Field(default_factory=TrainSettings, description="llmi train")
+    eval_judge: EvalJudgeSettings = Field(default_factory=EvalJudgeSettings, description="llmi eval: the judge")
 
     #: The folder of the config file these settings came from (relative paths in it are relative to it).
     _config_dir: Path | None = PrivateAttr(None)
