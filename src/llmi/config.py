@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .eval.settings import EvalJudgeSettings
 from .server.settings import ServerSettings
 from .train.settings import TrainSettings
+from .tts.config import TTSSettings
 from .tools.spec import TOOLS
 
 if sys.version_info >= (3, 11):
@@ -157,6 +158,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings, description="llmi serve")
     train: TrainSettings = Field(default_factory=TrainSettings, description="llmi train")
     eval_judge: EvalJudgeSettings = Field(default_factory=EvalJudgeSettings, description="llmi eval: the judge")
+    tts: TTSSettings = Field(default_factory=TTSSettings, description="test-time scaling (--tts N, llmi.tts)")
 
     #: The folder of the config file these settings came from (relative paths in it are relative to it).
     _config_dir: Path | None = PrivateAttr(None)

@@ -5,7 +5,7 @@ A candidate fails the check (a *hard* problem) when one of its tags is invalid o
 image count the request states (``image_num``, with the reward's meaning: -1 none, 0 any, 99 at least
 one, N exactly N), when a tool the request requires is never used, or when it has no prose at all.
 Format slips that still render — filler such as "Here is an image:" before a tag, a tag inside a code
-fence (shown as text) — are *soft* problems: they cost a little in selection but never drop a candidate.
+fence (shown as text), a tag that could only be read leniently — are *soft* problems: they cost a little in selection but never drop a candidate.
 
 The image count is judged on valid tags, since no tool has run yet: a valid tag is the image the
 candidate plans. Whether the tool then succeeds is the enhance stage's business.
@@ -19,7 +19,8 @@ from typing import Any, Sequence
 from ..protocol import SOURCES, InvalidTag, ParsedResponse, ToolCall, parse_response
 from ..reward.rules import check_image_num, image_count_score
 
-_SOFT = ("filler_intro", "fenced_tag")
+#: Violations already counted as hard problems through their invalid tag.
+_HARD_VIOLATIONS = ("invalid_tag", "unclosed_tag")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def check_parsed(index: int, parsed: ParsedResponse, constraints: Constraints = 
         if isinstance(s, InvalidTag):
             hard.append(f"tag {s.index}: {s.reason}")
     for v in parsed.violations:
-        if v.kind in _SOFT:
+        if v.kind not in _HARD_VIOLATIONS:
             soft.append(f"{v.kind}: {v.detail}")
     # an edit of a tag that cannot produce an image will fail too (its chain, transitively)
     for s in slots:
