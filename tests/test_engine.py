@@ -213,7 +213,7 @@ async def test_streaming_session_starts_calls_before_the_response_ends():
 
     async with Engine(s, cache=False) as engine:
         session = engine.session()
-        parser = StreamParser()
+        parser = StreamParser(start_in_think=False)
         for seg in parser.feed("Intro " + tag("diffusion", "d", prompt="first") + " more"):
             session.add(seg)
         await asyncio.sleep(0.05)

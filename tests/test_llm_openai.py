@@ -24,11 +24,17 @@ def llm_for(srv: SSEServer, **kw) -> OpenAICompatLLM:
     return create_llm(LLMSettings(base_url=srv.base_url, **kw))
 
 
-async def collect(llm, **kw) -> str:
+async def streamed(llm, **kw):
+    """(the streamed text, the call's LLMResult)."""
     out = []
-    async for d in llm.stream(MSGS, **kw):
+    s = llm.stream(MSGS, **kw)
+    async for d in s:
         out.append(d)
-    return "".join(out)
+    return "".join(out), s.result
+
+
+async def collect(llm, **kw) -> str:
+    return (await streamed(llm, **kw))[0]
 
 
 async def test_streams_deltas_usage_and_sends_the_request():
@@ -36,11 +42,13 @@ async def test_streams_deltas_usage_and_sends_the_request():
     with SSEServer(Script(content=split_every(text, 3))) as srv:
         llm = llm_for(srv, model="m1", temperature=0.2, top_p=0.9, max_tokens=77,
                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-        pieces = [d async for d in llm.stream(MSGS)]
+        s = llm.stream(MSGS)
+        pieces = [d async for d in s]
         await llm.aclose()
     assert "".join(pieces) == text
     assert len(pieces) == len(split_every(text, 3))  # no buffering: one delta per chunk
-    assert llm.usage == {"prompt_tokens": 9, "completion_tokens": len(pieces), "total_tokens": 9 + len(pieces)}
+    assert s.result.text == text and s.result.finish_reason == "stop" and s.result.model == "m1"
+    assert s.result.usage == {"prompt_tokens": 9, "completion_tokens": len(pieces), "total_tokens": 9 + len(pieces)}
     body = srv.requests[0]
     assert body["model"] == "m1" and body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
@@ -247,12 +255,14 @@ async def test_each_servers_stream_dialect_gives_the_same_text(dialect):
     kw = DIALECTS[dialect]
     with SSEServer(Script(reasoning=["Plan ", "it."], content=["# Title", "\n\nBody", "."], **kw)) as srv:
         llm = llm_for(srv, model="m")
-        assert await collect(llm) == "<think>Plan it.</think># Title\n\nBody."
-        assert llm.finish_reason == "stop"
+        text, result = await streamed(llm)
+        assert text == "<think>Plan it.</think># Title\n\nBody."
+        assert result.text == "# Title\n\nBody." and result.reasoning == "Plan it."
+        assert result.finish_reason == "stop"
         if kw.get("usage", True):
-            assert llm.usage == {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+            assert result.usage == {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
         else:
-            assert llm.usage is None  # nothing reported, nothing invented
+            assert result.usage is None  # nothing reported, nothing invented
         await llm.aclose()
 
 
@@ -338,7 +348,122 @@ async def test_a_cut_response_is_reported_with_its_finish_reason(reason, caplog)
     with SSEServer(Script(content=["half a sen"], finish_reason=reason)) as srv:
         llm = llm_for(srv, model="m", max_tokens=3)
         with caplog.at_level("WARNING", logger="llmi.llm.openai_compat"):
-            assert await collect(llm) == "half a sen"
-        assert llm.finish_reason == reason
+            text, result = await streamed(llm)
+        assert text == "half a sen"
+        assert result.finish_reason == reason
         assert ("max_tokens" if reason == "length" else "content filter") in caplog.text
         await llm.aclose()
+
+
+# ------------------------------------------------------------------------------------------------
+# Each call returns its own result: one instance, many concurrent streams
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_streams_on_one_instance_keep_their_own_usage_and_finish_reason():
+    import asyncio
+
+    n = 6
+
+    def script(_n, body):
+        i = int(body["messages"][-1]["content"].split()[-1])
+        # request i streams i+1 deltas slowly (so the streams interleave) and stops for its own reason
+        return Script(content=[f"r{i}."] * (i + 1), delay_s=0.02, finish_reason="length" if i % 2 else "stop")
+
+    with SSEServer(script) as srv:
+        llm = llm_for(srv, model="m")
+
+        async def one(i):
+            s = llm.stream([{"role": "user", "content": f"request {i}"}])
+            text = "".join([d async for d in s])
+            return i, text, s.result
+
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+        await llm.aclose()
+    starts = sorted(srv.request_times)
+    assert starts[-1] - starts[0] < 0.1  # all were open at once (the longest stream takes 0.12 s)
+    for i, text, result in results:
+        assert text == f"r{i}." * (i + 1) == result.text
+        assert result.finish_reason == ("length" if i % 2 else "stop")
+        assert result.usage == {"prompt_tokens": 9, "completion_tokens": i + 1, "total_tokens": 10 + i}
+    assert not hasattr(llm, "usage") and not hasattr(llm, "finish_reason")  # nothing per call on the instance
+
+
+async def test_complete_drains_a_stream_and_sampling_overrides_the_settings():
+    from llmi.request import Sampling
+
+    with SSEServer(Script(reasoning=["hm"], content=["Hel", "lo"])) as srv:
+        llm = llm_for(srv, model="m", temperature=0.7, max_tokens=100, extra_body={"top_k": 5, "min_p": 0.1})
+        result = await llm.complete(MSGS, sampling=Sampling(temperature=0.0, seed=42, extra_body={"top_k": 20}))
+        plain = await llm.complete(MSGS)
+        await llm.aclose()
+    assert result.text == "Hello" and result.reasoning == "hm" and result.finish_reason == "stop"
+    assert result.raw == "<think>hm</think>Hello"
+    seeded, default = srv.requests
+    assert seeded["seed"] == 42 and seeded["temperature"] == 0.0 and seeded["max_tokens"] == 100
+    assert seeded["top_k"] == 20 and seeded["min_p"] == 0.1  # request knobs merged over [llm] extra_body
+    assert "seed" not in default and default["temperature"] == 0.7 and default["top_k"] == 5
+    assert plain.text == "Hello"
+
+
+async def test_a_broken_stream_still_has_a_result_with_what_arrived():
+    with SSEServer(Script(content=["a", "b", "c"], fail_after=2)) as srv:
+        llm = llm_for(srv, model="m")
+        s = llm.stream(MSGS)
+        got = []
+        with pytest.raises(LLMError, match="CUDA out of memory"):
+            async for d in s:
+                got.append(d)
+        await llm.aclose()
+    assert got == ["a", "b"] and s.result.text == "ab" and s.result.finish_reason is None
+
+
+async def test_reading_the_result_before_the_end_is_an_error():
+    with SSEServer(Script(content=["a", "b"])) as srv:
+        llm = llm_for(srv, model="m")
+        s = llm.stream(MSGS)
+        with pytest.raises(RuntimeError, match="not finished"):
+            s.result  # noqa: B018
+        assert await anext(s) == "a"
+        await s.aclose()  # closing early ends it: the result holds what was read
+        assert s.result.text == "a" and s.result.finish_reason is None
+        await llm.aclose()
+
+
+def test_split_reasoning_reads_think_blocks_like_the_protocol():
+    from llmi.llm import split_reasoning
+
+    assert split_reasoning("<think>a</think>b<think>c</think>d") == ("bd", "ac")
+    assert split_reasoning("plan</think>Hi") == ("Hi", "plan")  # the template opened <think>
+    assert split_reasoning("x<think>unclosed") == ("x", "unclosed")
+    assert split_reasoning("no reasoning") == ("no reasoning", "")
+
+
+def test_llm_backends_come_from_the_registry():
+    from llmi import llm as llm_pkg
+    from llmi.errors import ConfigError
+    from llmi.llm.transformers_local import TransformersLLM
+
+    assert {"openai", "transformers"} <= set(llm_pkg.names())
+    assert llm_pkg.get("openai") is OpenAICompatLLM and llm_pkg.get("transformers") is TransformersLLM
+
+    class Echo(llm_pkg.LLMBackend):
+        kind = "echo-test"
+
+        def __init__(self, settings):
+            super().__init__()
+            self.model = "echo"
+
+        async def _deltas(self, messages, images, sampling, meta):
+            meta.finish_reason = "stop"
+            for word in messages[-1]["content"].split():
+                yield word
+
+    llm_pkg.register(Echo)
+    try:
+        backend = create_llm(LLMSettings(backend="echo-test"))
+        assert isinstance(backend, Echo) and "echo-test" in llm_pkg.names()
+    finally:
+        llm_pkg.unregister("echo-test")
+    with pytest.raises(ConfigError, match=r"unknown llm backend 'nope'.*openai.*transformers"):
+        create_llm(LLMSettings(backend="nope"))

@@ -80,17 +80,33 @@ async def test_streams_tokens_from_a_local_model(model_dir):
                                  temperature=0, max_tokens=12))
     assert isinstance(llm, TransformersLLM)
     assert not llm.supports_images  # no processor in the folder
-    pieces = [d async for d in llm.stream(MSGS)]
+    s = llm.stream(MSGS)
+    pieces = [d async for d in s]
     assert len(pieces) >= 2  # streamed piece by piece, not one blob at the end
     text = "".join(pieces)
     assert all(w in WORDS or w.startswith("<|") or w in ("<unk>", "<pad>", "<s>") for w in text.split())
-    assert llm.usage["completion_tokens"] == 12
-    assert llm.usage["prompt_tokens"] > 3
-    assert llm.finish_reason == "length"  # a random model never says EOS within 12 tokens: cut at max_tokens
+    assert s.result.usage["completion_tokens"] == 12
+    assert s.result.usage["prompt_tokens"] > 3
+    assert s.result.finish_reason == "length"  # a random model never says EOS within 12 tokens: cut at max_tokens
+    assert s.result.text == text and s.result.model == str(model_dir)
     # deterministic with temperature 0: the same again
-    again = "".join([d async for d in llm.stream(MSGS)])
+    again = (await llm.complete(MSGS)).text
     assert again == text
     await llm.aclose()
+
+
+async def test_a_sampling_seed_makes_a_sampled_reply_reproducible(model_dir):
+    from llmi.request import Sampling
+
+    llm = create_llm(LLMSettings(backend="transformers", model_path=str(model_dir), device=DEVICE,
+                                 temperature=0, max_tokens=16))
+    hot = dict(temperature=1.5, top_p=1.0)
+    a = await llm.complete(MSGS, sampling=Sampling(seed=7, **hot))
+    b = await llm.complete(MSGS, sampling=Sampling(seed=7, **hot))
+    others = {(await llm.complete(MSGS, sampling=Sampling(seed=k, **hot))).text for k in (1, 2, 3)}
+    await llm.aclose()
+    assert a.text == b.text
+    assert len(others | {a.text}) > 1  # the seed, not a greedy default, decided the text
 
 
 async def test_stopping_early_stops_generation(model_dir):
@@ -237,9 +253,10 @@ async def test_a_vlm_folder_sees_the_images(vlm_dir, monkeypatch):
     from tests.helpers import make_png
 
     images = [ImageData.from_bytes(make_png(40, 30, (200, 10, 10)))]
-    pieces = [d async for d in llm.stream(MSGS, images=images)]
+    s = llm.stream(MSGS, images=images)
+    pieces = [d async for d in s]
     assert "".join(pieces).split() == [EDIT_TAG] * 3
-    assert llm.usage["completion_tokens"] == 3
+    assert s.result.usage["completion_tokens"] == 3
     inputs = seen["inputs"][0]
     # the processor resized and cropped the 40x30 picture to the tower's 28x28 ...
     assert tuple(inputs["pixel_values"].shape) == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
@@ -250,7 +267,7 @@ async def test_a_vlm_folder_sees_the_images(vlm_dir, monkeypatch):
     assert ids.index(vocab["<image>"]) > ids.index(vocab["<|user|>"])
     # ... and the vision tower encoded it (once: the prefill; decoding reuses the cache)
     assert seen["vision"] == [(1, 3, IMAGE_SIZE, IMAGE_SIZE)]
-    assert llm.usage["prompt_tokens"] == len(ids)
+    assert s.result.usage["prompt_tokens"] == len(ids)
 
     # Two images: two blocks of placeholders, two encodings.
     seen["inputs"].clear(), seen["vision"].clear()
@@ -357,9 +374,9 @@ async def test_a_text_only_model_is_told_it_cannot_see_and_still_edits_by_index(
     chats = []
     real = T.TransformersLLM._inputs
 
-    def inputs(self, templater, messages, images, *, parts):
+    def inputs(self, templater, messages, images, *, parts, **kw):
         chats.append((messages, list(images)))
-        return real(self, templater, messages, images, parts=parts)
+        return real(self, templater, messages, images, parts=parts, **kw)
 
     monkeypatch.setattr(T.TransformersLLM, "_inputs", inputs)
     user_png = make_png(30, 30, (9, 200, 9))

@@ -1,7 +1,8 @@
 """A small content-addressed cache of tool results, in sqlite (WAL).
 
 Two tables: ``blobs`` holds each distinct image once, keyed by its sha256; ``results`` maps a call key
-(tool + backend + what changes the backend's output + params + input image hash) to a blob and its
+(tool + backend + what changes the backend's output + params + input image hash + the sampling seed of a
+generative call) to a blob and its
 provenance (JSON). No pickle: only bytes and JSON go in, so a cache file from elsewhere cannot run code.
 The same file can be shared by generation, evaluation and reward scoring, across processes.
 """
@@ -30,9 +31,22 @@ CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL R
 """
 
 
-def call_key(tool: str, backend: str, params: dict[str, Any], identity: dict[str, Any], input_sha256: str | None) -> str:
-    """The cache key of one call: a sha256 over a canonical JSON of everything that shapes the output."""
-    doc = {"v": 1, "tool": tool, "backend": backend, "identity": identity, "params": params, "input": input_sha256}
+def call_key(
+    tool: str,
+    backend: str,
+    params: dict[str, Any],
+    identity: dict[str, Any],
+    input_sha256: str | None,
+    seed: int | None = None,
+) -> str:
+    """The cache key of one call: a sha256 over a canonical JSON of everything that shapes the output.
+
+    ``seed``: the sampling seed of a generative call (diffusion, edit); ``None`` leaves the key as it was
+    before seeds existed, so N unseeded identical calls share one image and N seeds make N images."""
+    doc: dict[str, Any] = {"v": 1, "tool": tool, "backend": backend, "identity": identity, "params": params,
+                           "input": input_sha256}
+    if seed is not None:
+        doc["seed"] = seed
     canon = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     # surrogatepass: a lone surrogate (which the protocol replaces, but a library caller may pass) hashes
     # instead of raising

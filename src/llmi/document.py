@@ -8,7 +8,7 @@ lossless, machine-readable contract; its key names are part of the public interf
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Union
 
 from .images import ImageData
@@ -33,6 +33,10 @@ class ImageBlock:
     #: ``author``, ``cached`` ... — free-form, JSON-serialisable, shown as a credit line.
     provenance: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    #: The tag's slot (0-based among the response's tags), ``None`` for a block not made from a tag.
+    slot: int | None = None
+    #: The tool call that made it, as written: ``{"source", "description", "params"}``.
+    call: dict[str, Any] | None = None
     type: str = field(default="image", init=False)
 
     @property
@@ -62,6 +66,12 @@ class FailureBlock:
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    #: The tag's slot (0-based among the response's tags).
+    slot: int | None = None
+    #: The valid tool call that failed (``{"source", "description", "params"}``); ``None`` for a tag that
+    #: is no valid call, whose payload is kept in ``raw`` instead.
+    call: dict[str, Any] | None = None
+    raw: str = ""
     type: str = field(default="failure", init=False)
 
 
@@ -119,48 +129,80 @@ class Document:
             s["success"] += isinstance(b, ImageBlock)
         return out
 
+    # -- editing (pure: each returns a new document) ----------------------------------------------
+    def with_slot(self, slot: int, block: "ImageBlock | FailureBlock") -> "Document":
+        """A new document with slot ``slot`` (0-based among the tags) holding ``block`` (its ``slot`` set).
+        :class:`IndexError` when the document has no such slot."""
+        if not isinstance(block, (ImageBlock, FailureBlock)):
+            raise TypeError(f"a slot holds an ImageBlock or a FailureBlock, not {type(block).__name__}")
+        if block.slot != slot:
+            block = replace(block, slot=slot)
+        blocks = list(self.blocks)
+        seen = -1
+        for i, b in enumerate(blocks):
+            if isinstance(b, TextBlock):
+                continue
+            seen += 1
+            if seen == slot:
+                blocks[i] = block
+                return Document(blocks=blocks, violations=list(self.violations), input_images=list(self.input_images))
+        raise IndexError(f"the document has {seen + 1} slot(s), no slot {slot}")
+
+    def with_text(self, index: int, text: str) -> "Document":
+        """A new document with block ``index`` (a :class:`TextBlock`) replaced by ``text``."""
+        if not isinstance(self.blocks[index], TextBlock):
+            raise TypeError(f"block {index} is not a text block")
+        blocks = list(self.blocks)
+        blocks[index] = TextBlock(text)
+        return Document(blocks=blocks, violations=list(self.violations), input_images=list(self.input_images))
+
+    def to_response(self) -> str:
+        """The tagged response this document stands for: the text, and one ``<imgen>{json}</imgen>`` per
+        slot (its call; the payload as written for a tag that was no valid call). Parsing it with
+        :func:`llmi.protocol.parse_response` gives the same calls in the same slots."""
+        import json
+
+        out: list[str] = []
+        for b in self.blocks:
+            if isinstance(b, TextBlock):
+                out.append(b.text)
+                continue
+            call = b.call if b.call is not None else _call_of(b)
+            if call is None:
+                out.append(f"<imgen>{b.raw}</imgen>")  # type: ignore[union-attr]
+            else:
+                payload = {"source": call["source"], "description": call.get("description", ""),
+                           "params": call.get("params", {})}
+                # "<" escaped: a description holding "</imgen>" or "<think>" must not end the tag early
+                text = json.dumps(payload, ensure_ascii=False).replace("<", "\\u003c")
+                out.append("<imgen>" + text + "</imgen>")
+        return "".join(out)
+
     # -- JSON contract ---------------------------------------------------------------------------
-    def to_dict(self, *, image_paths: list[str] | None = None) -> dict[str, Any]:
-        """The JSON form. Images are inline base64 unless ``image_paths`` gives one path per image."""
+    def to_dict(self, *, image_paths: list[str] | None = None, image_data: bool = True) -> dict[str, Any]:
+        """The JSON form. Images are inline base64 unless ``image_paths`` gives one path per image
+        (``image_data=False`` leaves both out: a light form for progress streams, not readable back).
+        The user's images (``input_images``) are always inline."""
         blocks = []
         paths = iter(image_paths) if image_paths is not None else None
         for b in self.blocks:
-            if isinstance(b, TextBlock):
-                blocks.append({"type": "text", "text": b.text})
-            elif isinstance(b, ImageBlock):
-                d: dict[str, Any] = {
-                    "type": "image",
-                    "tool": b.tool,
-                    "mime": b.mime,
-                    "width": b.width,
-                    "height": b.height,
-                    "description": b.description,
-                    "params": b.params,
-                    "provenance": b.provenance,
-                    "elapsed_s": round(b.elapsed_s, 4),
-                }
-                if paths is not None:
-                    d["path"] = next(paths)
-                else:
-                    d["data_base64"] = base64.b64encode(b.data).decode("ascii")
-                blocks.append(d)
+            if isinstance(b, ImageBlock):
+                blocks.append(block_to_dict(b, image_path=next(paths) if paths is not None else None,
+                                            image_data=image_data))
             else:
-                blocks.append(
-                    {
-                        "type": "failure",
-                        "tool": b.tool,
-                        "reason": b.reason,
-                        "kind": b.kind,
-                        "description": b.description,
-                        "params": b.params,
-                        "elapsed_s": round(b.elapsed_s, 4),
-                    }
-                )
-        return {
+                blocks.append(block_to_dict(b))
+        d: dict[str, Any] = {
             "blocks": blocks,
             "stats": self.stats,
             "violations": [asdict(v) for v in self.violations],
         }
+        if self.input_images:
+            d["input_images"] = [
+                {"mime": im.mime, "width": im.width, "height": im.height,
+                 **({"data_base64": base64.b64encode(im.data).decode("ascii")} if image_data else {})}
+                for im in self.input_images
+            ]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, base_dir: str | None = None) -> "Document":
@@ -176,42 +218,7 @@ class Document:
         raw_blocks = d.get("blocks", [])
         if not isinstance(raw_blocks, list):
             raise ValueError(f"'blocks' must be a list, not {type(raw_blocks).__name__}")
-        blocks: list[Block] = []
-        for i, b in enumerate(raw_blocks):
-            where = f"blocks[{i}]"
-            if not isinstance(b, dict):
-                raise ValueError(f"{where} must be an object, not {type(b).__name__}")
-            t = b.get("type")
-            if t == "text":
-                blocks.append(TextBlock(_field(b, "text", str, where)))
-            elif t == "image":
-                if "data_base64" in b:
-                    img = ImageData.from_bytes(base64.b64decode(_field(b, "data_base64", str, where)))
-                else:
-                    img = ImageData.from_file(_inside(base_dir or ".", _field(b, "path", str, where)))
-                blocks.append(
-                    ImageBlock(
-                        image=img,
-                        tool=_field(b, "tool", str, where),
-                        description=_field(b, "description", str, where, ""),
-                        params=_field(b, "params", dict, where, {}),
-                        provenance=_field(b, "provenance", dict, where, {}),
-                        elapsed_s=_field(b, "elapsed_s", (int, float), where, 0.0),
-                    )
-                )
-            elif t == "failure":
-                blocks.append(
-                    FailureBlock(
-                        tool=_field(b, "tool", str, where),
-                        reason=_field(b, "reason", str, where),
-                        kind=_field(b, "kind", str, where, "tool_error"),
-                        description=_field(b, "description", str, where, ""),
-                        params=_field(b, "params", dict, where, {}),
-                        elapsed_s=_field(b, "elapsed_s", (int, float), where, 0.0),
-                    )
-                )
-            else:
-                raise ValueError(f"{where}: unknown block type {t!r}")
+        blocks = [block_from_dict(b, f"blocks[{i}]", base_dir=base_dir) for i, b in enumerate(raw_blocks)]
         raw_violations = d.get("violations", [])
         if not isinstance(raw_violations, list):
             raise ValueError(f"'violations' must be a list, not {type(raw_violations).__name__}")
@@ -223,7 +230,108 @@ class Document:
                 violations.append(Violation(**v))
             except TypeError as exc:
                 raise ValueError(f"violations[{i}]: {exc}") from exc
-        return cls(blocks=blocks, violations=violations)
+        raw_inputs = d.get("input_images", [])
+        if not isinstance(raw_inputs, list):
+            raise ValueError(f"'input_images' must be a list, not {type(raw_inputs).__name__}")
+        inputs = []
+        for i, im in enumerate(raw_inputs):
+            where = f"input_images[{i}]"
+            if not isinstance(im, dict):
+                raise ValueError(f"{where} must be an object, not {type(im).__name__}")
+            inputs.append(ImageData.from_bytes(_b64(_field(im, "data_base64", str, where), where)))
+        return cls(blocks=blocks, violations=violations, input_images=inputs)
+
+
+def _call_of(b: "ImageBlock | FailureBlock") -> dict[str, Any] | None:
+    """The call of a block made before blocks kept theirs (a valid tool and params), else None."""
+    if b.tool in SOURCES and b.params and not (isinstance(b, FailureBlock) and b.raw):
+        return {"source": b.tool, "description": b.description, "params": b.params}
+    return None
+
+
+def _b64(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text)
+    except ValueError as exc:  # binascii.Error
+        raise ValueError(f"{where}.data_base64 is not base64: {exc}") from None
+
+
+def block_to_dict(b: Block, *, image_path: str | None = None, image_data: bool = True) -> dict[str, Any]:
+    """One block's JSON form (what :meth:`Document.to_dict` lists under ``blocks``)."""
+    if isinstance(b, TextBlock):
+        return {"type": "text", "text": b.text}
+    if isinstance(b, ImageBlock):
+        d: dict[str, Any] = {
+            "type": "image",
+            "tool": b.tool,
+            "mime": b.mime,
+            "width": b.width,
+            "height": b.height,
+            "description": b.description,
+            "params": b.params,
+            "provenance": b.provenance,
+            "elapsed_s": round(b.elapsed_s, 4),
+        }
+        if image_path is not None:
+            d["path"] = image_path
+        elif image_data:
+            d["data_base64"] = base64.b64encode(b.data).decode("ascii")
+    else:
+        d = {
+            "type": "failure",
+            "tool": b.tool,
+            "reason": b.reason,
+            "kind": b.kind,
+            "description": b.description,
+            "params": b.params,
+            "elapsed_s": round(b.elapsed_s, 4),
+        }
+        if b.raw:
+            d["raw"] = b.raw
+    if b.slot is not None:
+        d["slot"] = b.slot
+    if b.call is not None:
+        d["call"] = b.call
+    return d
+
+
+def block_from_dict(b: Any, where: str = "block", *, base_dir: str | None = None) -> Block:
+    """Inverse of :func:`block_to_dict` (the errors of :meth:`Document.from_dict`)."""
+    if not isinstance(b, dict):
+        raise ValueError(f"{where} must be an object, not {type(b).__name__}")
+    t = b.get("type")
+    if t == "text":
+        return TextBlock(_field(b, "text", str, where))
+    if t not in ("image", "failure"):
+        raise ValueError(f"{where}: unknown block type {t!r}")
+    slot = _field(b, "slot", (int, type(None)), where, None)
+    call = _field(b, "call", (dict, type(None)), where, None)
+    if t == "image":
+        if "data_base64" in b:
+            img = ImageData.from_bytes(_b64(_field(b, "data_base64", str, where), where))
+        else:
+            img = ImageData.from_file(_inside(base_dir or ".", _field(b, "path", str, where)))
+        return ImageBlock(
+            image=img,
+            tool=_field(b, "tool", str, where),
+            description=_field(b, "description", str, where, ""),
+            params=_field(b, "params", dict, where, {}),
+            provenance=_field(b, "provenance", dict, where, {}),
+            elapsed_s=_field(b, "elapsed_s", (int, float), where, 0.0),
+            slot=slot,
+            call=call,
+        )
+    return FailureBlock(
+        tool=_field(b, "tool", str, where),
+        reason=_field(b, "reason", str, where),
+        kind=_field(b, "kind", str, where, "tool_error"),
+        description=_field(b, "description", str, where, ""),
+        params=_field(b, "params", dict, where, {}),
+        elapsed_s=_field(b, "elapsed_s", (int, float), where, 0.0),
+        slot=slot,
+        call=call,
+        raw=_field(b, "raw", str, where, ""),
+    )
 
 
 _REQUIRED = object()

@@ -19,9 +19,11 @@ images and the text are kept, and each tag keeps its slot.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from typing import Any, Sequence
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -29,14 +31,22 @@ from .cache import Cache, call_key
 from .config import Settings, ToolSettings, load_settings
 from .document import Block, Document, FailureBlock, ImageBlock, TextBlock
 from .errors import ConfigError, ToolError, TransientToolError
-from .events import EventHandler, ToolFinished, ToolStarted
+from .events import (
+    Done, Error, Event, EventHandler, RunStarted, TagAmended, TextEvent, ThinkEvent, ToolFinished, ToolStarted, Usage,
+)
 from .images import ImageData
-from .protocol import SOURCES, InvalidTag, ParsedResponse, Segment, Text, ToolCall, Violation, parse_response
+from .protocol import (
+    SOURCES, InvalidTag, ParsedResponse, Segment, Text, Think, ToolCall, Violation, parse_response, validate,
+)
+from .request import new_run_id
 from .retry import GaveUp, RetryPolicy, Transient, retry_call
 from .tools import registry
 from .tools.base import Backend, BackendContext, BackendStatus, ToolRequest, ToolResult
 
 log = logging.getLogger(__name__)
+
+#: Tools that sample: the same call with another seed is another image (the seed is in their cache key).
+GENERATIVE = ("diffusion", "edit")
 
 #: How a call's params map onto another tool in a cross-tool fallback (e.g. search -> diffusion).
 _CROSS_TOOL = {
@@ -184,29 +194,92 @@ class Engine:
         return self._backend_sems[key]
 
     # -- running ---------------------------------------------------------------------------------
-    def session(self, input_images: Sequence[ImageData] = (), on_event: EventHandler | None = None) -> "RunSession":
-        """A run of one response's tool calls. Raises RuntimeError outside ``async with Engine(...)``, where
-        every call would otherwise fail for want of the clients the engine opens."""
+    def session(
+        self,
+        input_images: Sequence[ImageData] = (),
+        on_event: EventHandler | None = None,
+        *,
+        run_id: str | None = None,
+        seed: int | None = None,
+    ) -> "RunSession":
+        """A run of one response's tool calls; it emits the run's events (see :mod:`llmi.events`) to
+        ``on_event``. ``seed`` goes to every generative call (and its cache key). Raises RuntimeError
+        outside ``async with Engine(...)``, where every call would otherwise fail for want of the clients
+        the engine opens."""
         self.context  # noqa: B018 - raises with the fix when the engine is not open
-        return RunSession(self, list(input_images), on_event)
+        return RunSession(self, list(input_images), on_event, run_id=run_id or new_run_id(), seed=seed)
 
     async def run_parsed(
-        self, parsed: ParsedResponse, input_images: Sequence[ImageData] = (), on_event: EventHandler | None = None
+        self,
+        parsed: ParsedResponse,
+        input_images: Sequence[ImageData] = (),
+        on_event: EventHandler | None = None,
+        *,
+        run_id: str | None = None,
+        seed: int | None = None,
+        prompt: str = "",
     ) -> Document:
-        session = self.session(input_images, on_event)
+        """Execute the tags of a parsed response; emits ``run_started``, ``text``, ``tool_*``, ``done``."""
+        session = self.session(input_images, on_event, run_id=run_id, seed=seed)
+        session.started(prompt=prompt)
         for seg in parsed.segments:
             session.add(seg)
         return await session.finish(parsed.violations)
 
     async def run_response(
-        self, response: str, input_images: Sequence[ImageData] = (), on_event: EventHandler | None = None
+        self,
+        response: str,
+        input_images: Sequence[ImageData] = (),
+        on_event: EventHandler | None = None,
+        *,
+        run_id: str | None = None,
+        seed: int | None = None,
+        prompt: str = "",
     ) -> Document:
         """Parse a finished response and execute its tags."""
-        return await self.run_parsed(parse_response(response, len(input_images)), input_images, on_event)
+        return await self.run_parsed(parse_response(response, len(input_images)), input_images, on_event,
+                                     run_id=run_id, seed=seed, prompt=prompt)
 
-    async def execute(self, call: ToolCall, input_image: ImageData | None = None) -> ImageBlock | FailureBlock:
+    async def replace_slot(
+        self,
+        doc: Document,
+        slot: int,
+        new: "ToolCall | Mapping[str, Any] | ImageBlock | FailureBlock",
+        *,
+        seed: int | None = None,
+        on_event: EventHandler | None = None,
+        run_id: str | None = None,
+    ) -> Document:
+        """A new document with slot ``slot`` holding ``new`` — a finished block, or a call
+        (``{"source", "description", "params"}`` or a :class:`~llmi.protocol.ToolCall`) run now — and
+        every edit that depends on that slot, directly or through a chain of edits, re-run on the new
+        image. ``doc`` itself is not changed. Tool events for the re-run slots go to ``on_event``."""
+        session = self.session(doc.input_images, on_event, run_id=run_id, seed=seed)
+        slots = doc.slots
+        if not 0 <= slot < len(slots):
+            raise IndexError(f"the document has {len(slots)} slot(s), no slot {slot}")
+        if isinstance(new, (ImageBlock, FailureBlock)):
+            doc = doc.with_slot(slot, new)
+        else:
+            doc = doc.with_slot(slot, await session.run_call(doc, slot, new))
+        n = len(doc.input_images)
+        changed = {slot}
+        for j in range(slot + 1, len(slots)):
+            call = doc.slots[j].call
+            if not call or call.get("source") != "edit":
+                continue
+            target = call.get("params", {}).get("img_index")
+            if isinstance(target, int) and target - n in changed:
+                doc = doc.with_slot(j, await session.run_call(doc, j, call))
+                changed.add(j)
+        return doc
+
+    async def execute(
+        self, call: ToolCall, input_image: ImageData | None = None, *, seed: int | None = None
+    ) -> ImageBlock | FailureBlock:
         """Run one valid call through its fallback chain. Never raises for tool failures (a RuntimeError
-        outside ``async with``: that is the caller's mistake, not the tool's)."""
+        outside ``async with``: that is the caller's mistake, not the tool's). ``seed``: the sampling seed
+        for generative tools. The block has no ``slot``; a session sets it."""
         self.context  # noqa: B018
         t0 = time.monotonic()
         try:
@@ -239,7 +312,7 @@ class Engine:
                 status = backend.status()
                 if not status.usable:
                     raise ToolError(f"not usable ({status.state}: {status.detail})", kind=status.state)
-                result, cached = await self._run_backend(tool, backend, params, call.description, input_image)
+                result, cached = await self._run_backend(tool, backend, params, call.description, input_image, seed)
             except ToolError as exc:
                 reasons.append(f"{label}: {exc}")
                 kinds.append(exc.kind)
@@ -273,17 +346,24 @@ class Engine:
         return FailureBlock(call.source, reason, kinds[-1], call.description, call.params, time.monotonic() - t0)
 
     async def _run_backend(
-        self, tool: str, backend: Backend, params: dict[str, Any], description: str, input_image: ImageData | None
+        self,
+        tool: str,
+        backend: Backend,
+        params: dict[str, Any],
+        description: str,
+        input_image: ImageData | None,
+        seed: int | None = None,
     ) -> tuple[ToolResult, bool]:
         """Run one backend call, or reuse it: from the cache, or — while an identical call is running —
         by awaiting that call. Coalescing happens only when caching is on, since a cached run would give
         the same image anyway; without a cache two identical diffusion tags are two samples.
         Returns ``(result, reused)``."""
         ts: ToolSettings = self.settings.tool(tool)
-        request = ToolRequest(tool=tool, params=params, description=description, input_image=input_image)
+        request = ToolRequest(tool=tool, params=params, description=description, input_image=input_image, seed=seed)
         if self.cache is None or not ts.cache:
             return _checked(await self._attempt(tool, backend, request, ts), tool, backend), False
-        key = call_key(tool, backend.name, params, backend.cache_identity(), input_image.sha256 if input_image else None)
+        key = call_key(tool, backend.name, params, backend.cache_identity(), input_image.sha256 if input_image else None,
+                       seed if tool in GENERATIVE else None)
         hit = self.cache.get(key)
         if hit is not None:
             return hit, True
@@ -372,36 +452,74 @@ def _checked(result: Any, tool: str, backend: Backend) -> ToolResult:
 
 
 class RunSession:
-    """The tool calls of one response, added in document order (see :meth:`Engine.session`)."""
+    """The tool calls of one response, added in document order (see :meth:`Engine.session`).
 
-    def __init__(self, engine: Engine, input_images: list[ImageData], on_event: EventHandler | None):
+    The session is the one source of a run's events: ``text`` / ``think`` as segments are added,
+    ``tool_started`` / ``tool_finished`` as calls run, ``tag_amended`` and ``done`` at :meth:`finish`;
+    the writer of the response adds ``run_started`` (:meth:`started`), ``usage`` and ``error``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        input_images: list[ImageData],
+        on_event: EventHandler | None,
+        *,
+        run_id: str = "",
+        seed: int | None = None,
+    ):
         self.engine = engine
         self.input_images = input_images
         self.on_event = on_event
+        self.run_id = run_id
+        self.seed = seed
         self._items: list[TextBlock | asyncio.Task] = []
         self._slots: list[asyncio.Task] = []
         self._segments: list[ToolCall | InvalidTag] = []  # what each slot was asked, for cancelled ones
 
-    def _emit(self, event) -> None:
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to the handler; a failing handler is logged, never breaks the run."""
         if self.on_event is not None:
             try:
                 self.on_event(event)
             except Exception:  # a broken progress display must not break the run
                 log.exception("event handler failed")
 
+    _emit = emit
+
+    # -- events the writer reports ---------------------------------------------------------------
+    def started(self, *, prompt: str = "", tools: Sequence[str] | None = None, llm: str = "", model: str = "") -> None:
+        """Emit ``run_started`` (``tools``: those advertised; default: the usable ones)."""
+        tools = self.engine.usable_tools() if tools is None else tools
+        self.emit(RunStarted(prompt, len(self.input_images), tuple(tools), llm, model, run_id=self.run_id))
+
+    def usage(self, usage: Mapping[str, Any] | None, finish_reason: str | None, model: str = "") -> None:
+        self.emit(Usage(dict(usage) if usage is not None else None, finish_reason, model, run_id=self.run_id))
+
+    def error(self, message: str, kind: str = "llm_error") -> None:
+        self.emit(Error(message, kind, run_id=self.run_id))
+
+    # -- segments --------------------------------------------------------------------------------
     def add(self, segment: Segment) -> None:
-        """Add the next segment; a tool call starts running at once. Think segments are ignored."""
-        if isinstance(segment, Text):
+        """Add the next segment; a tool call starts running at once. Think segments become ``think``
+        events and stay out of the document."""
+        if isinstance(segment, Think):
+            if segment.text:
+                self.emit(ThinkEvent(segment.text, run_id=self.run_id))
+        elif isinstance(segment, Text):
             if not segment.text:
                 return
             if self._items and isinstance(self._items[-1], TextBlock):
                 self._items[-1] = TextBlock(self._items[-1].text + segment.text)
             else:
                 self._items.append(TextBlock(segment.text))
+            self.emit(TextEvent(segment.text, run_id=self.run_id))
         elif isinstance(segment, (ToolCall, InvalidTag)):
             if segment.index != len(self._slots):
                 raise ValueError(f"slot {segment.index} added out of order (expected {len(self._slots)})")
-            self._emit(ToolStarted(segment.index, getattr(segment, "source", None) or "unknown", segment.description))
+            params = dict(segment.params) if isinstance(segment, ToolCall) else {"raw": segment.raw[:2000]}
+            self.emit(ToolStarted(segment.index, getattr(segment, "source", None) or "unknown", segment.description,
+                                  params, run_id=self.run_id))
             task = asyncio.ensure_future(self._run_slot(segment))
             self._slots.append(task)
             self._segments.append(segment)
@@ -412,17 +530,18 @@ class RunSession:
         try:
             block = await self._slot_block(seg)
         except asyncio.CancelledError:
-            self._emit(ToolFinished(seg.index, _cancelled(seg), time.monotonic() - t0))
+            self.emit(ToolFinished(seg.index, _cancelled(seg), time.monotonic() - t0, run_id=self.run_id))
             raise
         except Exception as exc:  # never lose the other slots
             log.exception("slot %d crashed", seg.index)
-            block = FailureBlock(getattr(seg, "source", None) or "unknown", f"internal error: {type(exc).__name__}: {exc}", "internal_error")
-        self._emit(ToolFinished(seg.index, block, time.monotonic() - t0))
+            block = _placed(FailureBlock(getattr(seg, "source", None) or "unknown",
+                                         f"internal error: {type(exc).__name__}: {exc}", "internal_error"), seg)
+        self.emit(ToolFinished(seg.index, block, time.monotonic() - t0, run_id=self.run_id))
         return block
 
     async def _slot_block(self, seg: ToolCall | InvalidTag) -> ImageBlock | FailureBlock:
         if isinstance(seg, InvalidTag):
-            return FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description)
+            return _placed(FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description), seg)
         input_image = None
         dep = seg.depends_on
         if dep is not None:
@@ -440,21 +559,53 @@ class RunSession:
                         raise
                     prior = _cancelled(self._segments[dep - n])
                 if isinstance(prior, FailureBlock):
-                    return FailureBlock(
-                        seg.source,
-                        f"the image it edits (index {dep}) failed: {prior.reason}",
-                        "dependency_failed",
-                        seg.description,
-                        seg.params,
-                    )
+                    return _placed(_dependency_failed(seg, dep, prior), seg)
                 input_image = prior.image
-        return await self.engine.execute(seg, input_image)
+        return _placed(await self.engine.execute(seg, input_image, seed=self.seed), seg)
+
+    async def run_call(
+        self, doc: Document, slot: int, call: "ToolCall | Mapping[str, Any]"
+    ) -> ImageBlock | FailureBlock:
+        """Run ``call`` as slot ``slot`` of ``doc`` (an edit takes its image from ``doc``), emitting its
+        tool events; used by :meth:`Engine.replace_slot`."""
+        n = len(doc.input_images)
+        seg: ToolCall | InvalidTag
+        if isinstance(call, ToolCall):
+            seg = call if call.index == slot else ToolCall(slot, call.source, call.description, call.params,
+                                                           call.raw, call.lenient)
+        else:
+            seg = validate(json.dumps(dict(call), ensure_ascii=False), slot, n, n_tags=len(doc.slots))
+        params = dict(seg.params) if isinstance(seg, ToolCall) else {"raw": seg.raw[:2000]}
+        self.emit(ToolStarted(slot, getattr(seg, "source", None) or "unknown", seg.description, params,
+                              run_id=self.run_id))
+        t0 = time.monotonic()
+        if isinstance(seg, InvalidTag):
+            block: ImageBlock | FailureBlock = _placed(
+                FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description), seg)
+        else:
+            input_image = None
+            dep = seg.depends_on
+            if dep is not None and dep < n:
+                input_image = doc.input_images[dep]
+            elif dep is not None:
+                prior = doc.slots[dep - n] if dep - n < slot else None
+                if not isinstance(prior, ImageBlock):
+                    failed = prior if isinstance(prior, FailureBlock) else FailureBlock(
+                        "edit", f"index {dep} is not an earlier image", "forward_reference")
+                    block = _placed(_dependency_failed(seg, dep, failed), seg)
+                    self.emit(ToolFinished(slot, block, time.monotonic() - t0, run_id=self.run_id))
+                    return block
+                input_image = prior.image
+            block = _placed(await self.engine.execute(seg, input_image, seed=self.seed), seg)
+        self.emit(ToolFinished(slot, block, time.monotonic() - t0, run_id=self.run_id))
+        return block
 
     async def finish(
         self, violations: Sequence[Violation] = (), amended: dict[int, InvalidTag] | None = None
     ) -> Document:
-        """Wait for every call and return the document in reading order. ``amended``: invalid tags
-        whose reason became exact only at the end of the response (``StreamParser.amended``)."""
+        """Wait for every call and return the document in reading order (and emit ``done``). ``amended``:
+        invalid tags whose reason became exact only at the end of the response (``StreamParser.amended``),
+        each reported as ``tag_amended``."""
         await asyncio.gather(*self._slots, return_exceptions=True)
         blocks: list[Block] = []
         slot = -1
@@ -465,12 +616,16 @@ class RunSession:
             slot += 1
             if amended and slot in amended:
                 seg = amended[slot]
-                blocks.append(FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description))
+                block = _placed(FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description), seg)
+                self.emit(TagAmended(slot, block, run_id=self.run_id))
+                blocks.append(block)
             elif item.cancelled():
                 blocks.append(_cancelled(self._segments[slot]))
             else:
                 blocks.append(item.result())
-        return Document(blocks=blocks, violations=list(violations), input_images=list(self.input_images))
+        doc = Document(blocks=blocks, violations=list(violations), input_images=list(self.input_images))
+        self.emit(Done(doc, run_id=self.run_id))
+        return doc
 
     async def cancel(self) -> None:
         for t in self._slots:
@@ -478,12 +633,36 @@ class RunSession:
         await asyncio.gather(*self._slots, return_exceptions=True)
 
 
+def _call_dict(seg: ToolCall) -> dict[str, Any]:
+    return {"source": seg.source, "description": seg.description, "params": dict(seg.params)}
+
+
+def _placed(block: ImageBlock | FailureBlock, seg: ToolCall | InvalidTag) -> ImageBlock | FailureBlock:
+    """``block`` marked with the slot and the call (or, for an invalid tag, the payload) it came from."""
+    if isinstance(seg, ToolCall):
+        return replace(block, slot=seg.index, call=_call_dict(seg))
+    if isinstance(block, FailureBlock):
+        return replace(block, slot=seg.index, raw=seg.raw)
+    return replace(block, slot=seg.index)
+
+
+def _dependency_failed(seg: ToolCall, dep: int, prior: FailureBlock) -> FailureBlock:
+    return FailureBlock(
+        seg.source,
+        f"the image it edits (index {dep}) failed: {prior.reason}",
+        "dependency_failed",
+        seg.description,
+        seg.params,
+    )
+
+
 def _cancelled(seg: ToolCall | InvalidTag) -> FailureBlock:
     params = seg.params if isinstance(seg, ToolCall) else {}
-    return FailureBlock(
+    block = FailureBlock(
         getattr(seg, "source", None) or "unknown",
         "the run was cancelled before this tool finished",
         "cancelled",
         seg.description,
         params,
     )
+    return _placed(block, seg)  # type: ignore[return-value]

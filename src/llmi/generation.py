@@ -6,10 +6,12 @@ its closing tag is streamed and its latency hides behind the rest of the writing
 document order whatever finishes first. ``<think>`` blocks (written inline, or reported out of band by a
 reasoning parser) never reach the document; they are kept in the trace.
 
-Three entry points, one implementation:
+Three entry points, one implementation, each taking a :class:`~llmi.request.Request` (prompt, images,
+earlier turns, sampling with its seed, system prompt, constraints) or just a prompt string:
 
-* :func:`stream` — an async iterator of :mod:`llmi.events` (``text``, ``think``, ``tool_started``,
-  ``tool_finished``, then ``done`` with the document), for the CLI, a server or a UI;
+* :func:`stream` — an async iterator of :mod:`llmi.events` (``run_started``, ``text``, ``think``,
+  ``tool_started``, ``tool_finished``, ``tag_amended``, ``usage``, then ``done`` with the document), for
+  the CLI, a server or a UI — the engine's session emits them, the same as for ``render``;
 * :func:`agenerate` — ``await`` it for the :class:`~llmi.document.Document`;
 * :func:`generate` — the same, synchronously.
 
@@ -17,7 +19,12 @@ When the LLM fails after it has written something (an error event mid-stream, a 
 the text so far is kept: pending tool calls finish, an unfinished tag becomes a failure block, and
 :class:`GenerationError` is raised carrying that partial ``document`` and the ``trace`` — so a caller can
 still render what was written, and report the failure. When nothing was written (server unreachable,
-401, ...), the :class:`~llmi.errors.LLMError` itself is raised.
+401, ...), the :class:`~llmi.errors.LLMError` itself is raised. Either way an ``error`` event comes first.
+
+A server that streams reasoning without an opening ``<think>`` (the chat template opened it) is read
+as the whole-response parser reads it: the reply is taken as text until its first think marker; when
+that is a bare ``</think>``, everything so far was reasoning, and the reply is read again from the start
+with the parser inside the reasoning (the calls started meanwhile are cancelled, their slots re-used).
 """
 
 from __future__ import annotations
@@ -33,16 +40,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, Union
 
 from .document import Document, FailureBlock, ImageBlock
-from .errors import GenerationError, InputError, LLMError, ToolError  # GenerationError: re-exported
-from .events import Done, Event, TextEvent, ThinkEvent, ToolFinished, ToolStarted
+from .errors import GenerationError, InputError, LLMError, LLMUnreachable  # GenerationError: re-exported
+from .events import Done, Event, TagAmended, ThinkEvent, ToolFinished, ToolStarted
 from .images import ImageData
-from .protocol import InvalidTag, Segment, StreamParser, Text, Think, ToolCall
+from .images import load_images as _load_images
+from .protocol import THINK_CLOSE, THINK_OPEN, StreamParser
+from .request import Request, Sampling
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cache import Cache
     from .config import Settings
     from .engine import Engine
     from .llm import LLMBackend
+    from .prompting import SystemPrompt
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,9 @@ class Trace:
     finish_reason: str | None = None
     error: str | None = None
     started: float = 0.0  # wall-clock epoch seconds
+    #: The run's id (the ``run_id`` of its events) and the sampling seed it asked for.
+    run_id: str = ""
+    seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,24 +142,9 @@ def trace_path_for(output: str | os.PathLike[str]) -> Path:
 
 
 def load_images(items: Sequence[ImageInput], *, max_pixels: int | None = None) -> list[ImageData]:
-    """User images from :class:`ImageData`, raw bytes or file paths; :class:`InputError` names the bad one."""
-    out: list[ImageData] = []
-    for i, item in enumerate(items):
-        if isinstance(item, ImageData):
-            out.append(item)
-            continue
-        label = f"image {i}" if isinstance(item, (bytes, bytearray)) else str(item)
-        kw = {"max_pixels": max_pixels} if max_pixels else {}
-        try:
-            if isinstance(item, (bytes, bytearray)):
-                out.append(ImageData.from_bytes(bytes(item), **kw))
-            else:
-                out.append(ImageData.from_file(Path(item).expanduser(), **kw))
-        except OSError as exc:
-            raise InputError(f"cannot read input image {label}: {exc.strerror or exc}") from None
-        except ToolError as exc:
-            raise InputError(f"input image {label} is not usable: {exc}") from None
-    return out
+    """User images from :class:`ImageData`, raw bytes or file paths (:func:`llmi.images.load_images`);
+    :class:`InputError` names the bad one."""
+    return _load_images(items, max_pixels=max_pixels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,8 +154,37 @@ def load_images(items: Sequence[ImageInput], *, max_pixels: int | None = None) -
 _END = object()
 
 
+class _FirstThinkMarker:
+    """Finds the first ``<think>`` or ``</think>`` of a stream, wherever the chunks split it: whether
+    the response started inside reasoning is decided there (:func:`llmi.protocol.starts_in_think`)."""
+
+    def __init__(self) -> None:
+        self.found: str | None = None  # THINK_OPEN | THINK_CLOSE
+        self._tail = ""
+
+    def feed(self, chunk: str) -> str | None:
+        if self.found is None:
+            text = self._tail + chunk
+            i, j = text.find(THINK_OPEN), text.find(THINK_CLOSE)
+            if i >= 0 or j >= 0:
+                self.found = THINK_OPEN if j < 0 or 0 <= i < j else THINK_CLOSE
+            else:
+                self._tail = text[-(len(THINK_CLOSE) - 1):]
+        return self.found
+
+
+def _system_prompt(request: Request, tools: Sequence[str], settings: "Settings",
+                   system_prompt_file: str | os.PathLike[str] | None) -> "SystemPrompt":
+    from .prompting import SystemPrompt, build_system_prompt
+
+    if request.system_prompt is not None:
+        return SystemPrompt(request.system_prompt, "request")
+    configured = settings.resolve_path(settings.llm.system_prompt_file) if settings.llm.system_prompt_file else None
+    return build_system_prompt(tools, path=system_prompt_file or configured)
+
+
 async def _produce(
-    prompt: str,
+    request: Request,
     images: Sequence[ImageInput],
     emit: Callable[[Event], None],
     *,
@@ -171,12 +198,14 @@ async def _produce(
     from .config import load_settings
     from .engine import Engine
     from .llm import create_llm
-    from .prompting import build_messages, build_system_prompt
+    from .prompting import build_messages
 
     settings = settings if settings is not None else (engine.settings if engine is not None else load_settings())
-    input_images = load_images(images, max_pixels=settings.images.max_pixels)
+    input_images = list(request.images) + _load_images(images, max_pixels=settings.images.max_pixels)
+    prompt = request.prompt
     t0 = time.perf_counter()
     trace.prompt, trace.n_input_images, trace.started = prompt, len(input_images), time.time()
+    trace.run_id, trace.seed = request.run_id, request.sampling.seed
 
     async with AsyncExitStack() as stack:
         if engine is None:
@@ -186,8 +215,9 @@ async def _produce(
             stack.push_async_callback(llm.aclose)
 
         tools = engine.usable_tools()
-        configured = settings.resolve_path(settings.llm.system_prompt_file) if settings.llm.system_prompt_file else None
-        system = build_system_prompt(tools, path=system_prompt_file or configured)
+        if request.tools is not None:
+            tools = [t for t in tools if t in request.tools]
+        system = _system_prompt(request, tools, settings, system_prompt_file)
         trace.system_prompt_name, trace.system_prompt_sha256 = system.name, system.sha256
         trace.tools_advertised = list(tools)
         trace.llm_backend, trace.llm_where = llm.kind, llm.where
@@ -197,66 +227,87 @@ async def _produce(
                         llm.kind, len(input_images))
         messages = build_messages(prompt, system, n_images=len(input_images), can_see=llm.supports_images,
                                   edit_usable="edit" in tools)
+        if request.history:
+            messages = messages[:1] + [dict(m) for m in request.history] + messages[1:]
 
         by_index: dict[int, ToolTrace] = {}
 
-        def on_tool_event(ev: Event) -> None:
+        def on_event(ev: Event) -> None:
+            """The session's events: into the trace, then to the caller."""
             if isinstance(ev, ToolStarted):
-                tt = by_index.get(ev.index)
-                if tt is None:
-                    tt = by_index[ev.index] = ToolTrace(ev.index, ev.source, ev.description)
-                    trace.tool_calls.append(tt)
+                tt = by_index[ev.index] = ToolTrace(ev.index, ev.source, ev.description, dict(ev.params))
                 tt.started_at = time.perf_counter() - t0
+                trace.tool_calls.append(tt)
             elif isinstance(ev, ToolFinished):
-                tt = by_index.get(ev.index)
-                if tt is not None:
-                    _finish_tool_trace(tt, ev.block, ev.elapsed_s)
+                if ev.index in by_index:
+                    _finish_tool_trace(by_index[ev.index], ev.block, ev.elapsed_s)
+            elif isinstance(ev, TagAmended):
+                if ev.index in by_index:
+                    tt = by_index[ev.index]
+                    tt.outcome, tt.kind, tt.reason = "failure", ev.block.kind, ev.block.reason
+            elif isinstance(ev, ThinkEvent):
+                think.append(ev.text)
             emit(ev)
 
-        session = engine.session(input_images, on_event=on_tool_event)
-        parser = StreamParser(len(input_images))
+        seed = request.sampling.seed
+        session = engine.session(input_images, on_event=on_event, run_id=request.run_id, seed=seed)
+        # A backend that knows whether replies begin inside reasoning says so; otherwise the reply is read
+        # as text until its first think marker, and re-read as reasoning-first if that is a bare </think>.
+        known = llm.starts_in_think
+        parser = StreamParser(len(input_images), start_in_think=bool(known))
+        marker = _FirstThinkMarker() if known is None else None
         raw: list[str] = []
         think: list[str] = []
 
-        def handle(seg: Segment) -> None:
-            if isinstance(seg, Think):
-                think.append(seg.text)
-                emit(ThinkEvent(seg.text))
-                return
-            if isinstance(seg, (ToolCall, InvalidTag)):
-                tt = ToolTrace(seg.index, getattr(seg, "source", None) or "unknown", seg.description,
-                               dict(getattr(seg, "params", {}) or {}))
-                if isinstance(seg, InvalidTag):
-                    tt.params = {"raw": seg.raw[:2000]}
-                by_index[seg.index] = tt
-                trace.tool_calls.append(tt)
-            session.add(seg)
-            if isinstance(seg, Text) and seg.text:
-                emit(TextEvent(seg.text))
+        async def reread() -> None:
+            """The reply began inside reasoning: drop what was read as text and read it all again."""
+            nonlocal session, parser
+            old = session
+            old.on_event = None  # its cancelled calls are no part of this reply
+            await old.cancel()
+            by_index.clear()
+            trace.tool_calls.clear()
+            think.clear()
+            session = engine.session(input_images, on_event=on_event, run_id=request.run_id, seed=seed)
+            parser = StreamParser(len(input_images), start_in_think=True)
+            for seg in parser.feed("".join(raw)):
+                session.add(seg)
 
         error: LLMError | None = None
         finished = False
+        result = None
         try:
-            await llm.prepare()
-            trace.model = llm.model
+            session.started(prompt=prompt, tools=tools, llm=llm.kind, model=llm.model)
+            deltas = None
             try:
-                async with aclosing(llm.stream(messages, images=input_images)) as deltas:
+                await llm.prepare()
+                trace.model = llm.model
+                deltas = llm.stream(messages, images=input_images, sampling=request.sampling)
+                async with aclosing(deltas):
                     async for delta in deltas:
                         if not raw:
                             trace.timings["first_token_s"] = time.perf_counter() - t0
                         raw.append(delta)
+                        if marker is not None and marker.found is None and marker.feed(delta) == THINK_CLOSE:
+                            await reread()
+                            continue
                         for seg in parser.feed(delta):
-                            handle(seg)
+                            session.add(seg)
             except LLMError as exc:
-                if not raw:
+                if not raw or deltas is None:
+                    session.error(str(exc), "llm_unreachable" if isinstance(exc, LLMUnreachable) else "llm_error")
                     raise
                 error = exc
+            result = deltas.result
             trace.timings["llm_done_s"] = time.perf_counter() - t0
             for seg in parser.close():
-                handle(seg)
-            trace.model = llm.model or trace.model
-            trace.usage = llm.usage
-            trace.finish_reason = getattr(llm, "finish_reason", None)
+                session.add(seg)
+            trace.model = result.model or llm.model or trace.model
+            trace.usage = dict(result.usage) if result.usage is not None else None
+            trace.finish_reason = result.finish_reason
+            session.usage(result.usage, result.finish_reason, trace.model)
+            if error is not None:
+                session.error(f"{error} — the document is cut where the stream ended", "llm_cut")
             doc = await session.finish(parser.violations, parser.amended)
             finished = True
         except BaseException as exc:
@@ -276,7 +327,6 @@ async def _produce(
     if error is not None:
         trace.error = str(error)
         raise GenerationError(f"{error} — the document is cut where the stream ended", document=doc, trace=trace)
-    emit(Done(doc))
     return doc
 
 
@@ -291,7 +341,7 @@ def _finish_tool_trace(tt: ToolTrace, block: ImageBlock | FailureBlock, elapsed_
 
 
 async def stream(
-    prompt: str,
+    request: "Request | str",
     *,
     images: Sequence[ImageInput] = (),
     settings: "Settings | None" = None,
@@ -301,18 +351,26 @@ async def stream(
     system_prompt_file: str | os.PathLike[str] | None = None,
     trace: Trace | None = None,
 ) -> AsyncIterator[Event]:
-    """Run ``prompt`` and yield events as they happen; the last one is :class:`~llmi.events.Done`.
+    """Run ``request`` (a :class:`~llmi.request.Request` or a prompt) and yield its events as they
+    happen (see :mod:`llmi.events`): ``run_started``, ``text`` / ``think``, ``tool_started`` /
+    ``tool_finished``, ``tag_amended``, ``usage``, and last ``done`` with the document.
 
+    ``images``: more user images (paths, bytes, :class:`ImageData`), after the request's own.
     ``settings`` default to :func:`llmi.config.load_settings`. Pass ``llm`` (an
-    :class:`~llmi.llm.LLMBackend`) or an open ``engine`` to reuse them across runs; otherwise they are
-    created from ``settings`` and closed at the end. ``trace``, if given, is filled in as the run goes.
-    Raises :class:`~llmi.errors.LLMError` (nothing written) or :class:`GenerationError` (partial document).
-    Stopping the iteration early cancels the LLM stream and the pending tool calls.
+    :class:`~llmi.llm.LLMBackend`) or an open ``engine`` to reuse them across runs — both serve many runs
+    at once —; otherwise they are created from ``settings`` and closed at the end. ``trace``, if given, is
+    filled in as the run goes. ``system_prompt_file`` replaces the built-in prompt (a request's own
+    ``system_prompt`` wins over both).
+
+    Raises :class:`~llmi.errors.LLMError` after an ``error`` event when nothing was written, and
+    :class:`GenerationError` after ``error`` and ``done`` (with the partial document) when the LLM failed
+    part-way. Stopping the iteration early cancels the LLM stream and the pending tool calls.
     """
+    req = Request.of(request)
     trace = trace if trace is not None else Trace()
     queue: asyncio.Queue = asyncio.Queue()
     task = asyncio.ensure_future(
-        _produce(prompt, images, queue.put_nowait, settings=settings, llm=llm, engine=engine, cache=cache,
+        _produce(req, images, queue.put_nowait, settings=settings, llm=llm, engine=engine, cache=cache,
                  system_prompt_file=system_prompt_file, trace=trace)
     )
     task.add_done_callback(lambda _t: queue.put_nowait(_END))
@@ -330,7 +388,7 @@ async def stream(
 
 
 async def agenerate(
-    prompt: str,
+    request: "Request | str",
     *,
     images: Sequence[ImageInput] = (),
     settings: "Settings | None" = None,
@@ -342,31 +400,37 @@ async def agenerate(
     trace: Trace | None = None,
     trace_path: str | os.PathLike[str] | None = None,
 ) -> Document:
-    """Run ``prompt`` and return the document. ``trace_path`` saves the trace there (also on failure)."""
+    """Run ``request`` (a :class:`~llmi.request.Request` or a prompt) and return the document;
+    ``on_event`` sees every event of :func:`stream`. ``trace_path`` saves the trace there (also on
+    failure)."""
     trace = trace if trace is not None else Trace()
+    doc: Document | None = None
     try:
-        # aclosing: leaving on Done (or on an error) closes the stream now, not when it is garbage-collected.
-        async with aclosing(stream(prompt, images=images, settings=settings, llm=llm, engine=engine, cache=cache,
+        # aclosing: leaving on an error (or a cancellation) closes the stream now, not when it is
+        # garbage-collected. It is read to its end: after a cut, `done` comes before the error.
+        async with aclosing(stream(request, images=images, settings=settings, llm=llm, engine=engine, cache=cache,
                                    system_prompt_file=system_prompt_file, trace=trace)) as events:
             async for ev in events:
                 if on_event is not None:
                     on_event(ev)
                 if isinstance(ev, Done):
-                    return ev.document
+                    doc = ev.document
     finally:
         if trace_path is not None:
             trace.save(trace_path)
-    raise LLMError("the run ended without a document")  # pragma: no cover - stream always ends with Done
+    if doc is None:  # pragma: no cover - a run ends with Done or raises
+        raise LLMError("the run ended without a document")
+    return doc
 
 
-def generate(prompt: str, **kwargs: Any) -> Document:
+def generate(request: "Request | str", **kwargs: Any) -> Document:
     """Synchronous :func:`agenerate` (takes the same keyword arguments). Not for use inside an event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(agenerate(prompt, **kwargs))
+        return asyncio.run(agenerate(request, **kwargs))
     raise RuntimeError("llmi.generate() was called inside a running event loop; use 'await llmi.agenerate(...)'")
 
 
-__all__ = ["GenerationError", "ImageInput", "ToolTrace", "Trace", "agenerate", "generate", "load_images",
-           "stream", "trace_path_for"]
+__all__ = ["GenerationError", "ImageInput", "Request", "Sampling", "ToolTrace", "Trace", "agenerate", "generate",
+           "load_images", "stream", "trace_path_for"]

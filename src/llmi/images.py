@@ -1,9 +1,14 @@
-"""Image values: bytes plus what Pillow says about them. Pure apart from decoding in memory."""
+"""Image values: bytes plus what Pillow says about them, and the one loader of the user's images.
+
+:class:`ImageData` is pure apart from decoding in memory; :func:`load_image` / :func:`load_images` read a
+user's image from wherever it comes (a path, bytes, a data URI, a PIL image) with one set of checks and
+messages, for the CLI, generation, the reward and the server alike."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 
 from .errors import ToolError
@@ -162,3 +167,109 @@ def _orientation(im) -> int:
     except Exception:  # noqa: BLE001 - malformed EXIF must not make a valid image unusable
         return 1
     return value if isinstance(value, int) else 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The user's images: one loader for the CLI, generation, the reward and the server
+# ------------------------------------------------------------------------------------------------
+
+IMAGE_TYPES = "PNG, JPEG, GIF, WEBP or BMP"
+
+
+def load_image(
+    ref,
+    *,
+    base_dir=None,
+    max_pixels: int | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    label: str | None = None,
+) -> ImageData:
+    """A user image from an :class:`ImageData`, raw bytes, a file path (``str`` or path-like, relative
+    paths resolved against ``base_dir``), a ``data:`` URI or a PIL image.
+
+    Raises :class:`~llmi.errors.InputError` with a one-line reason that names the image (``label``, else
+    the path or "image"): a missing file, a folder, a device, a file above ``max_bytes``, an empty file, a
+    format other than PNG/JPEG/GIF/WEBP/BMP, or bytes that do not decode within ``max_pixels``. A pipe
+    (``-i <(...)``) is read like a file.
+    """
+    import base64
+    import os
+
+    from .errors import InputError
+
+    if isinstance(ref, ImageData):
+        return ref
+    kw = {"max_pixels": max_pixels} if max_pixels else {}
+    name = label
+    try:
+        if isinstance(ref, (bytes, bytearray)):
+            name = name or "(bytes)"
+            data = bytes(ref)
+        elif isinstance(ref, str) and ref.startswith("data:"):
+            name = name or "data URI image"
+            header, _, payload = ref.partition(",")
+            if ";base64" not in header:
+                raise InputError("a data URI image must be base64-encoded")
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except ValueError as exc:
+                raise InputError(f"bad base64 in data URI: {exc}") from None
+        elif isinstance(ref, (str, os.PathLike)):
+            path = os.fspath(ref)
+            name = name or path
+            full = os.path.expanduser(path)
+            if base_dir is not None and not os.path.isabs(full):
+                full = os.path.join(os.fspath(base_dir), full)
+            data = _read_file(full, name, max_bytes)
+        elif hasattr(ref, "save") and hasattr(ref, "width"):  # a PIL image (TRL vision datasets)
+            return ImageData.from_pil(ref)
+        else:
+            raise InputError(f"an input image must be a path, a data URI or image bytes, not {type(ref).__name__}")
+        if not data:
+            raise InputError(f"input image {name} is empty")
+        if sniff_mime(data) is None:
+            raise InputError(f"input image {name} is not a {IMAGE_TYPES} image")
+        return ImageData.from_bytes(data, **kw)
+    except ToolError as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError(f"input image {name or 'image'} is not usable: {reason}") from None
+
+
+def _read_file(path: str, name: str, limit: int) -> bytes:
+    """A regular file (or a pipe), never more than ``limit`` bytes: a folder, a device such as /dev/zero
+    or a runaway file is refused with a reason instead of hanging or filling memory."""
+    import os
+    import stat
+
+    from .errors import InputError
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"input image {name} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read input image {name}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"input image {name} is a folder, not a file")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise InputError(f"input image {name} is not a regular file")
+    if st.st_size > limit:
+        raise InputError(f"input image {name} is too large ({st.st_size / 2**20:.0f} MiB; the limit is "
+                         f"{limit // 2**20} MiB)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read input image {name}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InputError(f"input image {name} is too large (the limit is {limit // 2**20} MiB)")
+    return data
+
+
+def load_images(items, *, base_dir=None, max_pixels: int | None = None) -> list[ImageData]:
+    """:func:`load_image` for each item, in order (the user's images 0, 1, ...)."""
+    return [
+        load_image(item, base_dir=base_dir, max_pixels=max_pixels,
+                   label=None if isinstance(item, (str, os.PathLike)) and not str(item).startswith("data:") else str(i))
+        for i, item in enumerate(items or ())
+    ]

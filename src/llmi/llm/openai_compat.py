@@ -31,7 +31,8 @@ from ..errors import LLMError, LLMUnreachable
 from ..redaction import redact, safe_url
 from ..keys import resolve_api_key
 from ..retry import GaveUp, RetryPolicy, Transient, retry_call
-from . import LLMBackend, Message, ThinkWrapper
+from ..request import Sampling
+from . import LLMBackend, Message, StreamMeta, ThinkWrapper
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import LLMSettings
@@ -219,8 +220,8 @@ class OpenAICompatLLM(LLMBackend):
         return LLMError(f"the LLM server at {self.where} answered {status}: {detail}")
 
     # -- streaming -------------------------------------------------------------------------------
-    def _request(self, messages: Sequence[Message], images: Sequence["ImageData"]) -> dict[str, Any]:
-        s = self.settings
+    def _request(self, messages: Sequence[Message], images: Sequence["ImageData"], sampling: Sampling) -> dict[str, Any]:
+        s = sampling.over(self.settings)
         body: dict[str, Any] = {
             "model": self.model,
             "messages": with_images(messages, images if self.supports_images else ()),
@@ -233,6 +234,8 @@ class OpenAICompatLLM(LLMBackend):
             body["top_p"] = s.top_p
         if s.max_tokens is not None:
             body["max_tokens"] = s.max_tokens
+        if s.seed is not None:
+            body["seed"] = s.seed
         if s.extra_body:
             body["extra_body"] = dict(s.extra_body)
         return self._adapt(body)
@@ -295,27 +298,29 @@ class OpenAICompatLLM(LLMBackend):
                                f"llmi waits ({MAX_WAIT_S:g} s)") from None
             raise err from None
 
-    async def stream(self, messages: Sequence[Message], *, images: Sequence["ImageData"] = ()) -> AsyncIterator[str]:
+    async def _deltas(
+        self, messages: Sequence[Message], images: Sequence["ImageData"], sampling: Sampling, meta: StreamMeta
+    ) -> AsyncIterator[str]:
         import openai
 
         if not self.model:
             await self.prepare()
-        self.usage = None
-        self.finish_reason = None
-        response = await self._open(self._request(messages, images))
+        request = self._request(messages, images, sampling)
+        meta.model = self.model
+        response = await self._open(request)
         think = ThinkWrapper()
         finished = False
         try:
             async for chunk in response:
                 if chunk.usage is not None:
-                    self.usage = chunk.usage.model_dump(exclude_none=True)
+                    meta.usage = chunk.usage.model_dump(exclude_none=True)
                 extra = chunk.model_extra or {}
                 if getattr(chunk, "object", None) == "error" or extra.get("error"):  # vLLM's older error shape
                     err = extra.get("error") or extra
                     msg = err.get("message") if isinstance(err, dict) else str(err)
                     raise LLMError(f"the LLM server at {self.where} failed mid-stream: {msg}")
-                if chunk.model and not self.settings.model:
-                    self.model = chunk.model
+                if chunk.model:
+                    meta.model = chunk.model
                 for choice in (chunk.choices or [])[:1]:
                     delta = choice.delta
                     dx = (delta.model_extra or {}) if delta is not None else {}
@@ -326,9 +331,10 @@ class OpenAICompatLLM(LLMBackend):
                         yield text
                     if choice.finish_reason:
                         finished = True
-                        self.finish_reason = choice.finish_reason
+                        meta.finish_reason = choice.finish_reason
                         if choice.finish_reason == "length":
-                            log.warning("the model hit max_tokens (%s); the response is cut", self.settings.max_tokens)
+                            log.warning("the model hit max_tokens (%s); the response is cut", request.get(
+                                "max_tokens", request.get("max_completion_tokens")))
                         elif choice.finish_reason == "content_filter":
                             log.warning("the server's content filter cut the response")
         except openai.APIStatusError as exc:

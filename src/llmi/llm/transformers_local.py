@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from ..errors import ConfigError, LLMError
-from . import LLMBackend, Message
+from ..request import Sampling
+from . import LLMBackend, Message, StreamMeta
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import LLMSettings
@@ -125,9 +126,10 @@ class TransformersLLM(LLMBackend):
 
     # -- prompting -------------------------------------------------------------------------------
     def _inputs(
-        self, templater: Any, messages: Sequence[Message], images: Sequence["ImageData"], *, parts: bool
+        self, templater: Any, messages: Sequence[Message], images: Sequence["ImageData"], *, parts: bool,
+        sampling: Sampling = Sampling(),
     ) -> tuple[Any, bool]:
-        kwargs = dict(self.settings.extra_body.get("chat_template_kwargs") or {})
+        kwargs = dict(sampling.over(self.settings).extra_body.get("chat_template_kwargs") or {})
         chat: list[dict[str, Any]] = [dict(m) for m in messages]
         if images:
             pil = [im.to_pil().convert("RGB") for im in images]
@@ -152,8 +154,8 @@ class TransformersLLM(LLMBackend):
         starts_in_think = isinstance(prompt, str) and prompt.rstrip().endswith("<think>")
         return inputs, starts_in_think
 
-    def _gen_kwargs(self) -> dict[str, Any]:
-        s = self.settings
+    def _gen_kwargs(self, sampling: Sampling = Sampling()) -> dict[str, Any]:
+        s = sampling.over(self.settings)
         kw: dict[str, Any] = {"max_new_tokens": s.max_tokens or 4096}
         if s.temperature:
             kw.update(do_sample=True, temperature=s.temperature)
@@ -167,7 +169,9 @@ class TransformersLLM(LLMBackend):
         return kw
 
     # -- streaming -------------------------------------------------------------------------------
-    async def stream(self, messages: Sequence[Message], *, images: Sequence["ImageData"] = ()) -> AsyncIterator[str]:
+    async def _deltas(
+        self, messages: Sequence[Message], images: Sequence["ImageData"], sampling: Sampling, meta: StreamMeta
+    ) -> AsyncIterator[str]:
         import torch
         import transformers
 
@@ -176,9 +180,11 @@ class TransformersLLM(LLMBackend):
         send = list(images) if vision and self.supports_images else []
         if images and not send:
             log.info("%s cannot see images; %d image(s) not sent", self.path, len(images))
-        inputs, starts_in_think = self._inputs(templater, messages, send, parts=vision)
+        inputs, starts_in_think = self._inputs(templater, messages, send, parts=vision, sampling=sampling)
         inputs = _to_model(inputs, model)
         n_prompt = int(inputs["input_ids"].shape[-1])
+        gen_kwargs = self._gen_kwargs(sampling)
+        seed = sampling.seed
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -204,18 +210,21 @@ class TransformersLLM(LLMBackend):
         def work() -> None:
             try:
                 with torch.inference_mode():
+                    if seed is not None:
+                        # the process-wide RNG: a seeded sample is reproducible when run on its own
+                        transformers.set_seed(seed)
                     model.generate(
                         **inputs,
                         streamer=streamer,
                         stopping_criteria=transformers.StoppingCriteriaList([_Stop()]),
                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                        **self._gen_kwargs(),
+                        **gen_kwargs,
                     )
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
             except Exception as exc:  # surfaced to the consumer below
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-        self.usage = None
+        meta.model = self.model
         thread = threading.Thread(target=work, name="llmi-transformers-generate", daemon=True)
         thread.start()
         try:
@@ -231,12 +240,12 @@ class TransformersLLM(LLMBackend):
         finally:
             stop.set()
             await asyncio.to_thread(thread.join)
-        self.finish_reason = "length" if counter["tokens"] >= self._gen_kwargs()["max_new_tokens"] else "stop"
-        self.usage = {
-            "prompt_tokens": n_prompt,
-            "completion_tokens": counter["tokens"],
-            "total_tokens": n_prompt + counter["tokens"],
-        }
+            meta.usage = {
+                "prompt_tokens": n_prompt,
+                "completion_tokens": counter["tokens"],
+                "total_tokens": n_prompt + counter["tokens"],
+            }
+        meta.finish_reason = "length" if counter["tokens"] >= gen_kwargs["max_new_tokens"] else "stop"
 
     async def aclose(self) -> None:
         self._loaded = None

@@ -64,6 +64,9 @@ class ToolRequest:
     description: str = ""
     #: For ``edit``: the image to edit.
     input_image: ImageData | None = None
+    #: The run's sampling seed (``Sampling.seed``), for backends that can seed their sampler (diffusion,
+    #: edit); ``None``: the backend's own choice. It is part of the cache key of generative tools.
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
