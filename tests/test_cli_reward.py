@@ -202,3 +202,34 @@ def test_rows_from_a_no_judges_run_are_scored_by_a_judged_run(tmp_path, judge_se
     out = read_jsonl(out_path)
     assert [r["_line"] for r in out] == [0, 1] and all(r["reward"]["score"] is not None for r in out)
     assert len(server.requests) == 4
+
+
+def test_reward_table_of_the_config_is_used_and_flags_win(tmp_path, judge_server):
+    # the task needs search and code; only search was used: r_tool = 0.2 / (0.2 + 0.4) = 1/3, S_num = 1
+    write_jsonl(tmp_path / "in.jsonl", [dict(row_with_document(0), tools=["search", "code"])])
+    cfg = tmp_path / "llmi.toml"
+    cfg.write_text("[reward]\nw_num = 1.0\nw_mllm = 0.0\nw_llm = 0.0\nw_tool = 1.0\n", encoding="utf-8")
+    with judge_server(reply) as (url, _):
+        urls = ["--llm-judge-url", url, "--mllm-judge-url", url, "--llm-judge-model", "m", "--mllm-judge-model", "m"]
+        base = [str(tmp_path / "in.jsonl"), "--config", str(cfg), "--no-progress", *urls]
+        assert invoke([*base, "-o", str(tmp_path / "a.jsonl")]).exit_code == 0
+        assert invoke([*base, "-o", str(tmp_path / "b.jsonl"), "--tool-weight", "0"]).exit_code == 0
+    (a,), (b,) = read_jsonl(tmp_path / "a.jsonl"), read_jsonl(tmp_path / "b.jsonl")
+    assert a["reward"]["r_tool"] == pytest.approx(1 / 3)
+    assert a["reward"]["score"] == pytest.approx((1 + 1 / 3) / 2)  # (w_num·S_num + w_tool·r_tool) / Σw
+    assert b["reward"]["score"] == pytest.approx(1.0)  # --tool-weight 0 overrides the file's w_tool
+    cfg.write_text("[reward]\nw_num = 0.0\nw_mllm = 1.0\nw_llm = 0.0\n", encoding="utf-8")
+    with judge_server(reply) as (url, _):
+        urls = ["--llm-judge-url", url, "--mllm-judge-url", url, "--llm-judge-model", "m", "--mllm-judge-model", "m"]
+        result = invoke([str(tmp_path / "in.jsonl"), "--config", str(cfg), "--no-progress", *urls, "-o", str(tmp_path / "c.jsonl")])
+    assert result.exit_code == 0, result.output
+    (c,) = read_jsonl(tmp_path / "c.jsonl")
+    assert c["reward"]["score"] == pytest.approx(0.75)  # S_mllm·S_num alone
+
+
+def test_a_bad_reward_table_is_a_clear_error(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [row_with_document(0)])
+    cfg = tmp_path / "llmi.toml"
+    cfg.write_text("[reward]\nw_num = -1\n", encoding="utf-8")
+    result = invoke([str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--no-judges"])
+    assert result.exit_code == 2 and "w_num" in result.output

@@ -150,3 +150,73 @@ def test_env_vars_that_contradict_each_other_are_a_config_error(tmp_path, monkey
             load_settings(environ=env)
     with pytest.raises(ConfigError, match="LLMI_MODEL"):
         load_settings(environ={"LLMI_MODEL": "m", "LLMI_LLM__MODEL__X": "x"})
+
+
+# ------------------------------------------------------------------------------------------------
+# Help text and the [reward] table
+# ------------------------------------------------------------------------------------------------
+
+
+def _fields_without_help(model, prefix=""):
+    from pydantic import BaseModel
+
+    missing = []
+    for name, field in model.model_fields.items():
+        if not field.description:
+            missing.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            missing += _fields_without_help(ann, f"{prefix}{name}.")
+    return missing
+
+
+def test_every_settings_field_has_help_text():
+    from llmi.config import Settings, ToolSettings
+
+    assert _fields_without_help(Settings) + _fields_without_help(ToolSettings, "tools.*.") == []
+
+
+def test_reward_table_from_toml(tmp_path):
+    from llmi.reward import RewardConfig
+
+    cfg = tmp_path / "llmi.toml"
+    cfg.write_text(
+        "[reward]\nw_tool = 0.1\non_judge_error = \"fallback\"\nfallback_score = 2.5\n"
+        "tool_weights = {code = 0.5, edit = 0.3, search = 0.1, diffusion = 0.1}\n"
+        "no_image_mllm = [4, 4, 4]\nimpute = \"group_mean\"\n",
+        encoding="utf-8",
+    )
+    s = load_settings(cfg, environ={})
+    rc = s.reward.to_config()
+    assert isinstance(rc, RewardConfig)
+    assert (rc.w_tool, rc.on_judge_error, rc.fallback_score, rc.no_image_mllm) == (0.1, "fallback", 2.5, (4, 4, 4))
+    assert dict(rc.tool_weights) == {"code": 0.5, "edit": 0.3, "search": 0.1, "diffusion": 0.1}
+    assert s.reward.impute == "group_mean"
+    assert s.reward.to_config(w_tool=0.0).w_tool == 0.0  # a flag wins over the file
+    assert load_settings(cfg, environ={"LLMI_REWARD__W_TOOL": "0.25"}).reward.w_tool == 0.25
+
+
+def test_reward_defaults_are_the_papers(tmp_path, monkeypatch):
+    from llmi.reward import RewardConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLMI_CONFIG", raising=False)
+
+    assert load_settings(environ={}).reward.to_config() == RewardConfig()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[reward]\nw_nmu = 0.3\n", "w_nmu"),
+        ("[reward]\nw_num = 0\nw_mllm = 0\nw_llm = 0\n", "at least one"),
+        ("[reward]\non_judge_error = \"ignore\"\n", "on_judge_error"),
+        ("[reward]\ntool_weights = {crayons = 1}\n", "crayons"),
+        ("[reward]\ntool_beta = 2\n", "tool_beta"),
+    ],
+)
+def test_bad_reward_tables_are_config_errors(tmp_path, text, match):
+    cfg = tmp_path / "llmi.toml"
+    cfg.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=match):
+        load_settings(cfg, environ={})

@@ -29,6 +29,7 @@ from .eval.settings import EvalJudgeSettings
 from .server.settings import ServerSettings
 from .train.settings import TrainSettings
 from .tts.config import TTSSettings
+from .reward.settings import RewardSettings
 from .tools.spec import TOOLS
 
 if sys.version_info >= (3, 11):
@@ -50,10 +51,10 @@ class LLMSettings(_Section):
     api_key: SecretStr | None = Field(None, description="API key (or set LLMI_API_KEY)")
     model_path: str = Field("", description="for backend 'transformers': a local model folder")
     device: str = Field("auto", description="for backend 'transformers': cpu, cuda, auto")
-    temperature: float | None = 0.7
-    top_p: float | None = None
-    max_tokens: int | None = 4096
-    timeout_s: float = 600.0
+    temperature: float | None = Field(0.7, description="sampling temperature; None: the server's default")
+    top_p: float | None = Field(None, description="nucleus sampling; None: the server's default")
+    max_tokens: int | None = Field(4096, description="longest response in tokens; None: the server's limit")
+    timeout_s: float = Field(600.0, description="seconds one response may take")
     vision: bool | None = Field(None, description="does the model see images? None: assume yes for openai")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="backend knobs passed through")
     system_prompt_file: str = Field("", description="replace the built-in system prompt")
@@ -73,7 +74,7 @@ class ToolSettings(_Section):
     max_backoff_s: float = Field(
         30.0, ge=0, description="longest wait; a Retry-After above it ends the retries (the chain moves on)"
     )
-    cache: bool = True
+    cache: bool = Field(True, description="reuse cached results of this tool (the [cache] file)")
 
 
 def _default_tools() -> dict[str, ToolSettings]:
@@ -88,37 +89,40 @@ class FetchSettings(_Section):
         default_factory=list,
         description="hosts, host:port pairs or CIDR ranges admitted although internal (your own servers)",
     )
-    max_bytes: int = 20 * 1024 * 1024
-    timeout_s: float = 20.0
-    max_redirects: int = 5
-    user_agent: str = "llmi/0.1 (+https://github.com/llmi-project/llmi)"
+    max_bytes: int = Field(20 * 1024 * 1024, description="largest download, in bytes")
+    timeout_s: float = Field(20.0, description="seconds per download")
+    max_redirects: int = Field(5, description="redirects followed (each target checked again)")
+    user_agent: str = Field("llmi/0.1 (+https://github.com/llmi-project/llmi)", description="User-Agent header sent")
 
 
 class ImageLimits(_Section):
-    min_width: int = 400
-    min_height: int = 400
-    max_width: int = 12000
-    max_height: int = 12000
-    max_pixels: int = 64_000_000
+    """Which images a tool result may be: smaller ones are refused (search picks another), larger ones too."""
+
+    min_width: int = Field(400, description="narrowest image accepted, in pixels")
+    min_height: int = Field(400, description="lowest image accepted, in pixels")
+    max_width: int = Field(12000, description="widest image accepted, in pixels")
+    max_height: int = Field(12000, description="tallest image accepted, in pixels")
+    max_pixels: int = Field(64_000_000, description="most pixels decoded (guards against decompression bombs)")
 
 
 class SandboxSettings(_Section):
     """The chart tool's sandbox."""
 
-    workers: int = 2
-    memory_mb: int = 1536
-    cpu_s: int = 20
-    wall_s: float = 30.0
-    max_output_bytes: int = 16 * 1024 * 1024
-    dpi: int = 150
-    #: Run even when required sandbox layers are missing on this host (an explicit, logged choice).
-    allow_weaker: bool = False
-    #: Recycle a worker after this many jobs.
-    max_jobs_per_worker: int = 500
+    workers: int = Field(2, description="warm chart workers")
+    memory_mb: int = Field(1536, description="memory limit of one chart run, in MiB")
+    cpu_s: int = Field(20, description="CPU seconds one chart run may use")
+    wall_s: float = Field(30.0, description="seconds one chart run may take")
+    max_output_bytes: int = Field(16 * 1024 * 1024, description="largest chart image, in bytes")
+    dpi: int = Field(150, description="resolution charts are saved at")
+    allow_weaker: bool = Field(
+        False, description="run even when required sandbox layers are missing on this host (an explicit, logged choice)")
+    max_jobs_per_worker: int = Field(500, description="recycle a worker after this many jobs")
 
 
 class CacheSettings(_Section):
-    enabled: bool = True
+    """The tool-result cache, shared by generation, evaluation and reward scoring."""
+
+    enabled: bool = Field(True, description="cache tool results")
     path: str = Field("", description="sqlite file; empty: $XDG_CACHE_HOME/llmi/cache.sqlite")
 
     def resolved_path(self, base: Path | None = None) -> Path:
@@ -130,31 +134,36 @@ class CacheSettings(_Section):
 
 
 class JudgeSettings(_Section):
-    base_url: str = ""
-    model: str = ""
-    api_key: SecretStr | None = None
-    api_key_env: str = ""
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    retries: int = 3
-    #: First wait between attempts, in seconds; doubled per retry (with jitter). A server's Retry-After wins.
-    backoff_s: float = Field(1.0, ge=0)
-    #: The longest any one wait may be, Retry-After included.
-    max_backoff_s: float = Field(30.0, ge=0)
-    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """A judge of the reward ([llm_judge] reads the text, [mllm_judge] the finished document): any
+    OpenAI-compatible chat endpoint."""
+
+    base_url: str = Field("", description="OpenAI-compatible base URL of the judge")
+    model: str = Field("", description="model id; empty: the only model the server lists")
+    api_key: SecretStr | None = Field(None, description="API key (prefer api_key_env)")
+    api_key_env: str = Field("", description="environment variable holding the API key")
+    concurrency: int = Field(8, description="requests in flight to this judge")
+    timeout_s: float = Field(120.0, description="seconds per request")
+    retries: int = Field(3, description="extra attempts after a failed or unparseable reply")
+    backoff_s: float = Field(
+        1.0, ge=0, description="first wait between attempts; doubled per retry (with jitter); a Retry-After wins")
+    max_backoff_s: float = Field(30.0, ge=0, description="the longest any one wait may be, Retry-After included")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="request fields passed through, e.g. {temperature = 0.5}")
 
 
 class Settings(_Section):
-    llm: LLMSettings = Field(default_factory=LLMSettings)
-    tools: dict[str, ToolSettings] = Field(default_factory=_default_tools)
-    #: ``backends[tool][name]`` is the raw option table of one backend.
-    backends: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
-    fetch: FetchSettings = Field(default_factory=FetchSettings)
-    images: ImageLimits = Field(default_factory=ImageLimits)
-    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
-    cache: CacheSettings = Field(default_factory=CacheSettings)
-    llm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
-    mllm_judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="the writing LLM")
+    tools: dict[str, ToolSettings] = Field(
+        default_factory=_default_tools, description="per tool: fallback chain of backends, limits, retries")
+    backends: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="backends[tool][name]: one backend's own option table")
+    fetch: FetchSettings = Field(default_factory=FetchSettings, description="safe downloads of image URLs")
+    images: ImageLimits = Field(default_factory=ImageLimits, description="sizes a tool's image may have")
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings, description="the chart tool's sandbox")
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="the tool-result cache")
+    llm_judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the reward's text judge")
+    mllm_judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the reward's image judge")
+    reward: RewardSettings = Field(default_factory=RewardSettings, description="the hybrid reward's knobs (llmi reward, TRL)")
     server: ServerSettings = Field(default_factory=ServerSettings, description="llmi serve")
     train: TrainSettings = Field(default_factory=TrainSettings, description="llmi train")
     eval_judge: EvalJudgeSettings = Field(default_factory=EvalJudgeSettings, description="llmi eval: the judge")

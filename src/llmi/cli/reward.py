@@ -129,9 +129,12 @@ def reward_cmd(
     mllm_judge_url: Optional[str] = typer.Option(None, "--mllm-judge-url", help="OpenAI-compatible base URL of the image judge"),
     mllm_judge_model: Optional[str] = typer.Option(None, "--mllm-judge-model", help="default: the only model served"),
     no_judges: bool = typer.Option(False, "--no-judges", help="compute the rule parts only (score stays null)"),
-    on_judge_error: str = typer.Option("drop", "--on-judge-error", help="'drop' (score null) or 'fallback'"),
-    fallback_score: float = typer.Option(3.0, "--fallback-score", help="judge score used by --on-judge-error fallback"),
-    tool_weight: float = typer.Option(0.0, "--tool-weight", help="weight of r_tool in the score (paper: 0, logged only)"),
+    on_judge_error: Optional[str] = typer.Option(
+        None, "--on-judge-error", help="'drop' (score null) or 'fallback' (default: [reward] on_judge_error, 'drop')"),
+    fallback_score: Optional[float] = typer.Option(
+        None, "--fallback-score", help="judge score used by --on-judge-error fallback (default: [reward], 3)"),
+    tool_weight: Optional[float] = typer.Option(
+        None, "--tool-weight", help="weight of r_tool in the score (default: [reward] w_tool; paper: 0, logged only)"),
     judge_concurrency: Optional[int] = typer.Option(None, "--judge-concurrency", help="requests in flight per judge"),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="also redo rows of OUT whose judge or tools failed"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="config file (TOML)"),
@@ -147,10 +150,8 @@ def reward_cmd(
     run resumes where it stopped.
     """
     setup_logging(verbose)
-    from ..reward import RewardConfig
-
     with errors_as_exit():
-        if on_judge_error not in ("drop", "fallback"):
+        if on_judge_error is not None and on_judge_error not in ("drop", "fallback"):
             fail("--on-judge-error must be 'drop' or 'fallback'")
         if output.resolve() == input.resolve():
             fail("the output file must differ from the input file")
@@ -172,7 +173,8 @@ def reward_cmd(
                 overrides[section] = sec
         settings = load(config, overrides)
         try:
-            cfg = RewardConfig(on_judge_error=on_judge_error, fallback_score=fallback_score, w_tool=tool_weight)  # type: ignore[arg-type]
+            flags = {"on_judge_error": on_judge_error, "fallback_score": fallback_score, "w_tool": tool_weight}
+            cfg = settings.reward.to_config(**{k: v for k, v in flags.items() if v is not None})
         except ValueError as exc:
             fail(str(exc))
         try:

@@ -48,7 +48,7 @@ def reward_function(
     settings: Settings | None = None,
     *,
     config: RewardConfig | None = None,
-    impute: str = "none",
+    impute: str | None = None,
     execute: Executor | None = None,
     cache: Any = None,
     scorer_kwargs: dict[str, Any] | None = None,
@@ -74,6 +74,8 @@ def reward_function(
     The scorer (judge clients, engine) is created on the first call, on the event loop TRL runs async
     reward functions on, and lives as long as that loop; ``await fn.aclose()`` releases it.
     """
+    if impute is None:
+        impute = (settings.reward.impute if settings is not None else "none")  # the [reward] table
     if impute not in ("none", "group_mean"):
         raise ValueError("impute must be 'none' or 'group_mean'")
     if (scorer_kwargs or {}).get("judges", True) is False:

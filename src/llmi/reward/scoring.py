@@ -298,7 +298,7 @@ class RewardScorer:
         max_in_flight: int | None = None,
     ):
         self.settings = settings or Settings()
-        self.config = config or RewardConfig()
+        self.config = config or self.settings.reward.to_config()  # the [reward] table
         self.judges = judges
         self.stats = ScoringStats()
         self._execute = execute

@@ -1,0 +1,265 @@
+"""Test-time scaling end to end: a loopback policy whose candidates differ (invalid tags, the wrong image
+count, one clearly best), loopback judges, the real sandbox chart tool and the local image library.
+
+What is shown here: the check drops the invalid candidates; the judge picks the best one; its failing
+chart is repaired by the fix loop; its search's first pick is replaced by a better match; the polish
+keeps every image in place; each stage reports its cost; a budget that runs out cuts the stages it has
+to and returns the best document so far; judge failures are reported, never scored.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llmi.document import FailureBlock, ImageBlock
+from llmi.events import Stage
+from llmi.request import Request
+from llmi.tts import tts
+from llmi.tts.budget import BudgetExhausted
+from tests.sse_server import SSEServer
+from tests.tts_fakes import between, graded_by_marker, policy_script, settings_for, tag, user_text
+
+pytest.importorskip("matplotlib")
+from llmi.tools.code import sandbox as sb  # noqa: E402
+
+_missing = sb.plan_layers(sb.detect())[1]
+needs_sandbox = pytest.mark.skipif(bool(_missing), reason=f"host lacks sandbox layers: {', '.join(_missing)}")
+
+GOOD_CODE = "months = ['Jan', 'Feb', 'Mar']\nsales = [3, 5, 4]\nplt.bar(months, sales)\nplt.title('Sales')"
+BROKEN_CODE = "plt.bar(months, sales)\nplt.title('Sales')"  # NameError: months
+LIGHTHOUSE = "A red and white lighthouse on a rocky coast"
+
+CANDIDATES = {
+    # seed 0: an invalid tag (no params) -> dropped by the check
+    0: "OK-ANSWER Sales went up.\n" + '<imgen>{"source": "code", "description": "sales"}</imgen>\n'
+       + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nThe coast.",
+    # seed 1: one image where the request asks for two -> dropped
+    1: "OK-ANSWER Sales went up.\n" + tag("code", "Monthly sales", code=GOOD_CODE) + "\nThat is all.",
+    # seed 2: clearly best — but its chart fails and its search's first pick is the wrong photo
+    2: "BEST-ANSWER Sales rose in February.\n" + tag("code", "Monthly sales", code=BROKEN_CODE)
+       + "\nOn the coast stands the old lighthouse.\n" + tag("search", LIGHTHOUSE, query="red") + "\nEnd.",
+    # seed 3: valid, mediocre
+    3: "OK-ANSWER Sales.\n" + tag("code", "Monthly sales", code=GOOD_CODE) + "\n"
+       + tag("search", LIGHTHOUSE, query="lighthouse") + "\nEnd.",
+}
+
+REQUEST = Request("Write a short sales report with a chart and a photo of the coast.", image_num=2,
+                  tools=("code", "search"))
+
+
+def fix_chart(body: dict) -> str:
+    assert "NameError" in user_text(body)  # the error goes back to the model with the code
+    return "Here is the fix:\n```python\n" + GOOD_CODE + "\n```"
+
+
+def rewrite_query(body: dict) -> str:
+    return "lighthouse rocky coast\nred white lighthouse"
+
+
+def polish_reply(body: dict) -> str:
+    doc = between(user_text(body), "DOCUMENT")
+    return doc.replace("the old lighthouse", "the red and white lighthouse")
+
+
+def judge_reply():
+    return graded_by_marker({"BEST-ANSWER": (5, 5), "OK-ANSWER": (3, 3)})
+
+
+@needs_sandbox
+@pytest.mark.slow
+async def test_sample_check_select_enhance_polish(judge_server):
+    helpers = {"fix": fix_chart, "rewrite": rewrite_query, "polish": polish_reply}
+    events: list = []
+    with SSEServer(policy_script(CANDIDATES, helpers)) as policy, judge_server(lambda b, n: judge_reply()(b, n)) as (jurl, judge):
+        settings = settings_for(policy.base_url, judge_url=jurl)
+        result = await tts(REQUEST, n=4, settings=settings, on_event=events.append)
+
+    # sample: four candidates, distinct seeds and the temperature schedule
+    seeds = sorted(r["seed"] for r in policy.requests if r.get("seed") is not None)
+    assert seeds == [0, 1, 2, 3]
+    temps = {r["seed"]: r.get("temperature") for r in policy.requests if r.get("seed") is not None}
+    assert temps == {0: 0.7, 1: 0.9, 2: 1.0, 3: 0.6}
+    # check: the invalid tag and the wrong image count are dropped
+    check = result.stage("check")
+    assert check.detail["kept"] == [2, 3] and check.detail["dropped"] == [0, 1]
+    assert any("missing_key" in p for p in result.checks[0].hard)
+    assert any("image count" in p for p in result.checks[1].hard)
+    # select: the judge graded the two kept ones and chose the best
+    assert result.winner == 2
+    sel = result.selection
+    assert sel.decided_by == "judge" and sel.parts[2] == {"text": 5.0, "image": 5.0}
+    assert len(judge.requests) == 2  # only the kept candidates were judged
+    # execute: the chart failed, the search found the bicycle (first match for "red")
+    first = result.snapshots["execute"]
+    assert isinstance(first.slots[0], FailureBlock) and "NameError" in first.slots[0].reason
+    assert isinstance(first.slots[1], ImageBlock) and "bicycle" in first.slots[1].provenance["path"]
+    # enhance: the fix loop repaired the chart; the rewritten query's lighthouse replaced the bicycle
+    enh = {w["slot"]: w for w in result.stage("enhance").detail["work"]}
+    assert enh[0]["action"] == "replaced" and enh[0]["attempts"] == [{"ok": True}]
+    assert enh[1]["action"] == "replaced" and enh[1]["scored_by"] == "caption match"
+    after = result.snapshots["enhance"]
+    assert isinstance(after.slots[0], ImageBlock) and after.slots[0].params["code"] == GOOD_CODE
+    assert "lighthouse" in after.slots[1].provenance["path"]
+    # polish: the text now agrees with the picture; every image kept, in place and in order
+    doc = result.document
+    assert "the red and white lighthouse" in doc.text and "the old lighthouse" not in doc.text
+    assert [b.image.sha256 for b in doc.slots] == [b.image.sha256 for b in after.slots]
+    assert [b.type for b in doc.blocks] == [b.type for b in after.blocks]
+    assert result.stage("polish").detail["result"] == "rewritten"
+    # the document stands for a valid tagged response again
+    assert doc.to_response().count("<imgen>") == 2
+
+    # cost per stage
+    cost = result.cost
+    assert cost["sample"].llm_calls == 4 and cost["sample"].tokens_in == 4 * 9
+    assert cost["select"].llm_calls == 2 and cost["select"].tokens_in == 2 * 12  # the judge fake's usage
+    assert cost["check"].llm_calls == 0 and cost["check"].n_tool_calls == 0
+    assert dict(cost["execute"].tool_calls) == {"code": 1, "search": 1}
+    assert cost["enhance"].llm_calls == 2  # one query rewrite, one chart fix
+    assert dict(cost["enhance"].tool_calls) == {"code": 1, "search": 2}
+    assert cost["polish"].llm_calls == 1
+    assert result.total.llm_calls == 9 and result.cut == []
+    assert result.statistics["total"]["llm_calls"] == 9
+
+    # events: one started/finished pair per stage, one line per candidate and per slot, tool events
+    stage_events = [e for e in events if isinstance(e, Stage)]
+    assert all(e.run_id == REQUEST.run_id for e in stage_events)
+    ends = [(e.name, e.status) for e in stage_events
+            if "candidate" not in e.detail and "slot" not in e.detail and e.status != "started"]
+    assert [n for n, _ in ends] == ["sample", "check", "select", "execute", "enhance", "polish"]
+    per_candidate = [e for e in stage_events if e.name == "sample" and "candidate" in e.detail and e.status == "finished"]
+    assert sorted(e.detail["candidate"] for e in per_candidate) == [0, 1, 2, 3]
+    assert any(e.type == "tool_finished" for e in events)
+    finished = {e.name: e for e in stage_events if e.status == "finished" and "candidate" not in e.detail and "slot" not in e.detail}
+    assert finished["sample"].cost["llm_calls"] == 4
+    assert result.trace["statistics"]["stages"]["enhance"]["tool_calls"] == {"code": 1, "search": 2}
+
+
+async def test_budget_runs_out_mid_way_and_the_best_so_far_comes_back(judge_server):
+    """calls=5 with N=4: the samples take four, the judge gets one of the two it needs: select is cut and
+    the check decides; the winner's tools run (no tool budget); enhance and polish find no call left."""
+    cands = {0: "OK-ANSWER fine.\n" + tag("search", LIGHTHOUSE, query="lighthouse") + "\nEnd.",
+             1: "BEST-ANSWER better.\n" + tag("search", LIGHTHOUSE, query="red") + "\nEnd.",
+             2: "broken " + '<imgen>{"source": "search"}</imgen>',
+             3: "OK-ANSWER also.\n" + tag("search", LIGHTHOUSE, query="coast") + "\nEnd."}
+    with SSEServer(policy_script(cands, {"rewrite": rewrite_query})) as policy, \
+            judge_server(lambda b, n: judge_reply()(b, n)) as (jurl, judge):
+        settings = settings_for(policy.base_url, judge_url=jurl, tts={"stages": ["sample", "check", "select", "enhance", "polish"]})
+        result = await tts("A coast report", n=4, budget="calls=5", settings=settings)
+    assert result.budget["used"]["calls"] <= 5 and len(policy.requests) + len(judge.requests) <= 5
+    assert result.cut == ["select", "enhance", "polish"]
+    assert result.stage("select").detail["resource"] == "calls"
+    assert "not judged" in " ".join(result.selection.failures.values())
+    assert result.winner == 0  # three candidates judged none to the end: the check's order decides
+    assert isinstance(result.document.slots[0], ImageBlock)
+    assert result.budget["exhausted"] == ["calls"]
+
+
+async def test_seconds_budget_cuts_sampling_and_keeps_the_candidates_that_finished():
+    cands = {0: "Quick answer with no picture.", 1: "Slow answer.", 2: "Slower answer."}
+    with SSEServer(policy_script(cands, first_token_s={0: 0.0, 1: 5.0, 2: 5.0})) as policy:
+        settings = settings_for(policy.base_url)
+        t0 = time.perf_counter()
+        result = await tts("Say something", n=3, budget="seconds=1", settings=settings,
+                           stages="sample,check,select")
+        elapsed = time.perf_counter() - t0
+    assert elapsed < 2.5
+    assert result.stage("sample").status == "cut" and result.stage("sample").detail["resource"] == "seconds"
+    assert [c.index for c in result.candidates] == [0]
+    assert result.document.text == "Quick answer with no picture."
+    assert "seconds" in result.budget["exhausted"]
+
+
+async def test_a_budget_without_a_single_call_is_an_error():
+    with SSEServer(policy_script({0: "x"})) as policy:
+        with pytest.raises(BudgetExhausted):
+            await tts("p", n=2, budget="calls=0", settings=settings_for(policy.base_url))
+        assert policy.requests == []
+
+
+async def test_judge_failures_are_reported_never_scored(judge_server):
+    cands = {0: "OK-ANSWER a. " + tag("search", LIGHTHOUSE, query="lighthouse"),
+             1: "FAIL-500 b. " + tag("search", LIGHTHOUSE, query="lighthouse"),
+             2: "GARBAGE c. " + tag("search", LIGHTHOUSE, query="lighthouse")}
+
+    def reply(body, n):
+        answer = between(user_text(body), "ANSWER")
+        if "FAIL-500" in answer:
+            return (503, b"<html>busy</html>", {"Content-Type": "text/html"})
+        if "GARBAGE" in answer:
+            return "I like it a lot."  # no grades
+        return "Text: 3\nImage: 4"
+
+    with SSEServer(policy_script(cands)) as policy, judge_server(reply) as (jurl, judge):
+        settings = settings_for(policy.base_url, judge_url=jurl)
+        result = await tts("Coast", n=3, settings=settings, stages="sample,check,select")
+    sel = result.selection
+    assert result.winner == 0
+    assert sel.final[1] is None and sel.final[2] is None  # no stand-in score
+    assert "http_error" in sel.failures[1] and "unparseable" in sel.failures[2]
+    assert sel.decided_by == "judge (2 unjudged)"
+    assert result.stage("select").status == "finished"
+    assert len(judge.requests) == 1 + 2 * 2  # the failing ones were retried once each (retries=1)
+
+
+async def test_every_judge_failing_leaves_the_choice_to_the_check(judge_server):
+    cands = {0: "Answer one, tags only next: " + '<imgen>{"bad": 1}</imgen>',
+             1: "Answer two. " + tag("search", LIGHTHOUSE, query="lighthouse")}
+    with SSEServer(policy_script(cands)) as policy, judge_server(lambda b, n: (500, b"{}", {})) as (jurl, _):
+        settings = settings_for(policy.base_url, judge_url=jurl, tts={"invalid": "penalise"})
+        result = await tts("Coast", n=2, settings=settings, stages="sample,check,select")
+    assert result.winner == 1  # fewer check problems
+    assert result.selection.decided_by == "check (no candidate could be judged)"
+    assert set(result.selection.failures) == {0, 1}
+
+
+async def test_tie_settled_by_a_pairwise_match(judge_server):
+    cands = {0: "ALPHA answer. " + tag("search", LIGHTHOUSE, query="lighthouse"),
+             1: "BRAVO answer. " + tag("search", LIGHTHOUSE, query="lighthouse")}
+
+    def reply(body, n):
+        if "You compare two answers" in body["messages"][0]["content"]:
+            text = user_text(body)
+            first = between(text, "ANSWER A")
+            return "Winner: A" if "BRAVO" in first else "Winner: B"
+        return "Text: 4\nImage: 4"  # the same grades for both
+
+    with SSEServer(policy_script(cands)) as policy, judge_server(reply) as (jurl, judge):
+        settings = settings_for(policy.base_url, judge_url=jurl)
+        result = await tts("Coast", n=2, settings=settings, stages="sample,check,select")
+    sel = result.selection
+    assert sel.ties == [0, 1] and result.winner == 1
+    assert "tie settled by pairwise match" in sel.decided_by
+    assert [m.how for m in sel.matches] == ["judge"] and sel.matches[0].verdicts == ["b", "b"]
+
+
+async def test_tournament_with_the_policy_as_judge():
+    strength = {"ALPHA": 1, "BRAVO": 4, "CHARLIE": 2, "DELTA": 3}
+    cands = {i: f"{name} answer. " + tag("search", LIGHTHOUSE, query="lighthouse")
+             for i, name in enumerate(strength)}
+
+    def pairwise(body):
+        text = user_text(body)
+        a, b = between(text, "ANSWER A"), between(text, "ANSWER B")
+        sa = next(v for k, v in strength.items() if k in a)
+        sb_ = next(v for k, v in strength.items() if k in b)
+        return "Winner: A" if sa > sb_ else "Winner: B"
+
+    with SSEServer(policy_script(cands, {"pairwise": pairwise})) as policy:
+        settings = settings_for(policy.base_url, tts={"selector": "tournament", "judge": "policy"})
+        result = await tts("Coast", n=4, settings=settings, stages="sample,check,select")
+    sel = result.selection
+    assert result.winner == 1 and sel.decided_by == "tournament"
+    assert len(sel.matches) == 3 and all(m.how == "judge" for m in sel.matches)
+    assert result.cost["select"].llm_calls == 6  # N - 1 matches, both orders
+    assert sel.ranking[0] == 1 and sel.ranking[1] == 3  # the final's loser second
+
+
+async def test_generation_style_defaults_n1_is_one_plain_sample():
+    with SSEServer(policy_script({0: "Plain text."})) as policy:
+        result = await tts("p", n=1, settings=settings_for(policy.base_url), stages="sample,check,select,enhance")
+    assert result.winner == 0 and result.document.text == "Plain text."
+    assert result.selection.decided_by == "only candidate"
+    assert [s.status for s in result.stages] == ["finished", "finished", "finished", "finished", "finished", "skipped"]
