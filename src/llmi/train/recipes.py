@@ -269,9 +269,7 @@ def resolve(
         trainer[key], sources[key] = value, "[train]"
     llmi: dict[str, Any] = dict(recipe.llmi)
     llmi.update(settings.explicit())
-    for key, value in flags.items():
-        if value is None:
-            continue
+    for key, value in flags.items():  # a None here is an explicit "unset" (callers drop flags not given)
         if key in llmi_names:
             llmi[key] = value
         else:

@@ -160,8 +160,15 @@ def plan(req: TrainRequest) -> Plan:
     rows = apply_system_prompt(rows, system)
     processing_class = None
     lengths = LengthReport(kept=len(rows))
-    if backend == "trl" or resolved.llmi.max_prompt_length:
-        processing_class = load_processing_class(req.model, multimodal=any(r.images for r in rows))
+    multimodal = any(r.images for r in rows)
+    if backend == "trl":
+        processing_class = load_processing_class(req.model, multimodal=multimodal)
+    elif resolved.llmi.max_prompt_length:  # verl tokenizes on the cluster; check here when we can
+        try:
+            processing_class = load_processing_class(req.model, multimodal=multimodal)
+        except ConfigError as exc:
+            log.warning("prompt lengths not checked here (%s); verl's data.truncation=error will check them", exc)
+    if processing_class is not None:
         rows, lengths = limit_lengths(rows, token_counter(processing_class), resolved.llmi.max_prompt_length,
                                       resolved.llmi.prompt_overflow)
     fp = fingerprint(rows)
