@@ -194,5 +194,5 @@ def links_to_tags(text: str, tag_for: Callable[[str, int, str], str | None]) -> 
 
 def tag_text(source: str, description: str, params: dict[str, Any]) -> str:
     """The ``<imgen>`` tag of one call."""
-    return "<imgen>" + json.dumps({"source": source, "description": description, "params": params},
-                                  ensure_ascii=False) + "</imgen>"
+    payload = json.dumps({"source": source, "description": description, "params": params}, ensure_ascii=False)
+    return "<imgen>" + payload.replace("<", "\\u003c") + "</imgen>"  # "</imgen>" inside must not end it

@@ -50,13 +50,12 @@ def input_name(i: int) -> str:
 
 
 def block_json(block: ImageBlock | FailureBlock, url: str) -> dict[str, Any]:
-    """A slot's block in the document's JSON contract, the image as a link instead of base64 bytes."""
-    if isinstance(block, ImageBlock):
-        d = Document(blocks=[block]).to_dict(image_paths=[url])["blocks"][0]
-        d["url"] = d.pop("path")
-        return d
-    d = Document(blocks=[block]).to_dict()["blocks"][0]
-    d["url"] = url  # a small PNG stating the reason
+    """A slot's block in the document's JSON contract, the image as a link instead of base64 bytes
+    (for a failure, the link is a small PNG stating the reason)."""
+    from ..document import block_to_dict
+
+    d = block_to_dict(block, image_data=False)
+    d["url"] = url
     return d
 
 
@@ -328,6 +327,8 @@ class RunManager:
         """One event from the source into the run's log (and its slots)."""
         if isinstance(ev, dict):
             d = dict(ev)
+        elif getattr(ev, "type", None) in ("tool_finished", "done"):
+            d = ev.to_dict(image_data=False)  # the images go out as links, not base64
         else:
             to_dict = getattr(ev, "to_dict", None)
             d = to_dict() if callable(to_dict) else {k: _plain(v) for k, v in asdict(ev).items()}

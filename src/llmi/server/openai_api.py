@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..document import FailureBlock
+from ..document import Document, FailureBlock
 from .auth import Principal
 from .deps import principal, public_base, run_slot, services, wait_or_disconnect
 from .inputs import ApiError, chat_to_parts, links_to_tags, tag_text
@@ -206,20 +206,21 @@ def _restorer(request: Request):
         if not svc.manager.token_ok(run_id, sig):
             return None
         run = svc.manager.find(run_id)
+        if run is not None and slot in run.slots and run.slots[slot].done():
+            return Document(blocks=[run.slots[slot].result()]).to_response()
         if run is not None and slot in run.calls:
             c = run.calls[slot]
-            return tag_text(c.get("source") or "unknown", c.get("description") or "", c.get("params") or {})
+            params = c.get("params") or {}
+            if (c.get("source") in (None, "unknown")) and "raw" in params:
+                return f"<imgen>{params['raw']}</imgen>"
+            return tag_text(c.get("source") or "unknown", c.get("description") or "", params)
         try:
             doc = svc.store.load_document(run_id)
         except Exception:  # noqa: BLE001 - an unreadable old document: keep the link as written
             return None
-        if doc is None:
+        if doc is None or slot >= len(doc.slots):
             return None
-        slots = [b for b in doc.blocks if b.type != "text"]
-        if slot >= len(slots):
-            return None
-        b = slots[slot]
-        return tag_text(b.tool, b.description, b.params)
+        return Document(blocks=[doc.slots[slot]]).to_response()
 
     return lambda text: links_to_tags(text, tag_for)
 

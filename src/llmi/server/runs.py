@@ -303,7 +303,7 @@ async def create_render(body: RenderCreate, request: Request, who: Principal = D
                        code="request_too_large")
     images = await svc.load_images([("data", v) for v in body.images])
     run_id = new_run_id()
-    run = svc.manager.start(run_id, svc.render_source(body.response, images), owner=who.id, kind="render",
+    run = svc.manager.start(run_id, svc.render_source(body.response, images, prompt=body.prompt), owner=who.id, kind="render",
                             prompt=body.prompt, background=body.options.background,
                             options={"background": body.options.background}, input_images=images,
                             followed=body.stream)

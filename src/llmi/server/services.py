@@ -115,11 +115,7 @@ class Services:
                 async for ev in self._tts_events(request, tts):
                     yield ev
                 return
-            kwargs: dict[str, Any] = dict(settings=self.settings, llm=self.llm, engine=self.engine, trace=trace)
-            if "request" in inspect.signature(stream).parameters:
-                events = stream(request, **kwargs)
-            else:  # pragma: no cover - before the Request API (kept until every caller moved)
-                events = stream(request.prompt, images=list(request.images), **kwargs)
+            events = stream(request, settings=self.settings, llm=self.llm, engine=self.engine, trace=trace)
             async with aclosing(events) as evs:
                 async for ev in evs:
                     yield ev
@@ -168,51 +164,36 @@ class Services:
                 done["tts_cost"] = _json_safe(cost)
             yield done
 
-    def render_source(self, response: str, images: list[ImageData]):
-        """The events of running the tags of an already-written response."""
+    def render_source(self, response: str, images: list[ImageData], *, prompt: str = ""):
+        """The events of running the tags of an already-written response (the engine's session emits
+        them: ``run_started``, ``text``, ``tool_*``, ``done``)."""
 
         async def source(run: Run) -> AsyncIterator[Any]:
-            from ..protocol import Text, parse_response
-
             assert self.engine is not None
             queue: asyncio.Queue = asyncio.Queue()
-            parsed = parse_response(response, len(images))
-            session = _session(self.engine, images, queue.put_nowait, run.id)
             end = object()
-            for seg in parsed.segments:
-                if isinstance(seg, Text) and seg.text:
-                    queue.put_nowait({"type": "text", "text": seg.text})
-                session.add(seg)  # a tool call starts here (its tool_started event is queued)
 
-            async def finish():
+            async def execute():
                 try:
-                    return await session.finish(parsed.violations)
+                    return await self.engine.run_response(response, images, queue.put_nowait, run_id=run.id,
+                                                          prompt=prompt)
                 finally:
                     queue.put_nowait(end)
 
-            fin = asyncio.ensure_future(finish())
+            task = asyncio.ensure_future(execute())
             try:
                 while True:
                     ev = await queue.get()
                     if ev is end:
                         break
                     yield ev
-                doc = await fin
+                await task
             finally:
-                if not fin.done():
-                    fin.cancel()
-                    await session.cancel()
-                    await asyncio.gather(fin, return_exceptions=True)
-            yield {"type": "done", "document_obj": doc}
+                if not task.done():
+                    task.cancel()  # cancels the session's tool calls with it
+                    await asyncio.gather(task, return_exceptions=True)
 
         return source
-
-
-def _session(engine: "Engine", images: list[ImageData], on_event, run_id: str):
-    params = inspect.signature(engine.session).parameters
-    if "run_id" in params:
-        return engine.session(images, on_event=on_event, run_id=run_id)
-    return engine.session(images, on_event=on_event)
 
 
 def _json_safe(value: Any) -> Any:
