@@ -68,7 +68,6 @@ def judge_reply():
 
 
 @needs_sandbox
-@pytest.mark.slow
 async def test_sample_check_select_enhance_polish(judge_server):
     helpers = {"fix": fix_chart, "rewrite": rewrite_query, "polish": polish_reply}
     events: list = []

@@ -1,0 +1,276 @@
+"""Enhancement per tool, the polish's guard, and the reward selector — on loopback models and real or
+fake (registered) tool backends: the local library, the Pillow editor, a fake diffusion backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
+from llmi.images import ImageData
+from llmi.tts import tts
+from llmi.tts.enhance import caption_match, extract_code, parse_grade, parse_lines
+from llmi.tts.polish import apply, marked_text, verify
+from tests import fakes
+from tests.helpers import make_png
+from tests.sse_server import SSEServer
+from tests.tts_fakes import LIBRARY, between, image_colors, policy_script, settings_for, tag, user_text
+
+LIGHTHOUSE = "A red and white lighthouse on a rocky coast"
+
+
+@pytest.fixture(autouse=True)
+def _fakes():
+    fakes.register_all()
+    fakes.RECORD.__init__()
+
+
+def center(image: ImageData) -> tuple[int, int, int]:
+    im = image.to_pil().convert("RGB")
+    return im.getpixel((im.width // 2, im.height // 2))
+
+
+def library_center(name: str) -> tuple[int, int, int]:
+    return center(ImageData.from_file(LIBRARY / name))
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def test_parse_lines_and_grades_and_code():
+    assert parse_lines("1. lighthouse coast\n- \"red lighthouse\"\n\nlighthouse coast\nQueries:", limit=5,
+                       exclude=["red"]) == ["lighthouse coast", "red lighthouse"]
+    with pytest.raises(ValueError):
+        parse_lines("<think>x</think>\n\n", limit=2)
+    assert parse_grade("match")("<think>Match: 1</think>Match: 5") == 1.0
+    assert parse_grade("edit")("**Edit:** 3/5") == 0.5
+    with pytest.raises(ValueError):
+        parse_grade("match")("Match: 9")
+    with pytest.raises(ValueError):
+        parse_grade("match")("Edit: 4")
+    assert extract_code("Fixed:\n```python\nx = 1\n```\nand\n```py\nplt.plot([x])\n```") == "plt.plot([x])"
+    assert extract_code("plt.plot([1])") == "plt.plot([1])"
+
+
+def test_caption_match_reads_title_and_caption():
+    img = ImageData.from_bytes(make_png(4, 4))
+    b = ImageBlock(img, "search", provenance={"title": "lighthouse rocky coast", "caption": "A red and white lighthouse"})
+    assert caption_match(LIGHTHOUSE, b) == 1.0
+    assert caption_match(LIGHTHOUSE, ImageBlock(img, "search", provenance={"title": "red bicycle"})) == 0.2
+
+
+def _doc() -> Document:
+    img = ImageData.from_bytes(make_png(4, 4))
+    return Document(blocks=[TextBlock("Intro.\n"), ImageBlock(img, "code", "chart", slot=0),
+                            TextBlock("\nMiddle.\n"), FailureBlock("search", "none", "no_result", "photo", slot=1),
+                            TextBlock("\nEnd.")])
+
+
+def test_polish_verify_accepts_only_a_faithful_rewrite():
+    doc = _doc()
+    text = marked_text(doc)
+    assert text == "Intro.\n[[IMAGE 0]]\nMiddle.\n[[IMAGE 1]]\nEnd."
+    ok = verify("Intro, revised.\n[[IMAGE 0]]\nMiddle.\n[[IMAGE 1]]\nEnd.", doc)
+    assert ok.pieces == ("Intro, revised.\n", "\nMiddle.\n", "\nEnd.")
+    new = apply(doc, ok.pieces)
+    assert [b.type for b in new.blocks] == ["text", "image", "text", "failure", "text"]
+    assert new.slots == doc.slots and new.text == "Intro, revised.\n\nMiddle.\n\nEnd."
+    assert verify("NO CHANGES", doc).unchanged
+    assert verify("<think>hm</think>No changes.", doc).unchanged
+    assert "markers [1, 0]" in verify("a [[IMAGE 1]] b [[IMAGE 0]] c", doc).refused
+    assert "markers [0]" in verify("a [[IMAGE 0]] b c", doc).refused
+    assert "markers [0, 0, 1]" in verify("[[IMAGE 0]] [[image 0]] [[IMAGE 1]]", doc).refused
+    assert "<imgen>" in verify('x [[IMAGE 0]] <imgen>{}</imgen> [[IMAGE 1]]', doc).refused
+    assert "characters" in verify("[[IMAGE 0]][[IMAGE 1]]", doc).refused
+
+
+# ------------------------------------------------------------------------------------------------
+# Search + edit: a replaced image re-runs the edit that depends on it
+# ------------------------------------------------------------------------------------------------
+
+PILLOW_TOOLS = {"search": {"backends": ["local"]}, "code": {"backends": []}, "diffusion": {"backends": []},
+                "edit": {"backends": ["pillow"]}}
+
+
+async def test_replaced_search_re_runs_the_dependent_edit():
+    cand = ("The coast.\n" + tag("search", LIGHTHOUSE, query="red") + "\nIn black and white:\n"
+            + tag("edit", "The lighthouse in black and white", img_index=0, prompt="convert to black and white") + "\nEnd.")
+    helpers = {"rewrite": lambda b: "lighthouse rocky coast"}
+    with SSEServer(policy_script({0: cand}, helpers)) as policy:
+        settings = settings_for(policy.base_url, tools=PILLOW_TOOLS)
+        result = await tts("Coast", n=1, settings=settings, stages="sample,enhance")
+    before, after = result.snapshots["execute"], result.document
+    assert "bicycle" in before.slots[0].provenance["path"] and "lighthouse" in after.slots[0].provenance["path"]
+    # the edit was re-run on the new photo: its image is the grey lighthouse now
+    grey = after.slots[1].image.to_pil().convert("RGB")
+    src = ImageData.from_file(LIBRARY / "lighthouse-rocky-coast.jpg").to_pil().convert("L").convert("RGB")
+    assert grey.size == src.size and grey.getpixel((10, 10)) == src.getpixel((10, 10))
+    assert before.slots[1].image.sha256 != after.slots[1].image.sha256
+    assert after.slots[1].slot == 1 and after.slots[1].call["source"] == "edit"
+    # the re-run is on the bill: one search (the rewrite), one edit (re-run)
+    assert dict(result.cost["enhance"].tool_calls) == {"edit": 1, "search": 1}
+    work = {w["slot"]: w for w in result.stage("enhance").detail["work"]}
+    assert work[1]["why"] == "unchecked: no image judge"
+
+
+async def test_failed_edit_is_retried_with_a_rewritten_instruction():
+    cand = ("The coast.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nOld style:\n"
+            + tag("edit", "The lighthouse as an old photograph", img_index=0, prompt="give it the look of 1900") + "\nEnd.")
+    helpers = {"edit_rewrite": lambda b: "Make it sepia, keep everything else."}
+    with SSEServer(policy_script({0: cand}, helpers)) as policy:
+        settings = settings_for(policy.base_url, tools=PILLOW_TOOLS)
+        result = await tts("Coast", n=1, settings=settings, stages="sample,enhance")
+    assert isinstance(result.snapshots["execute"].slots[1], FailureBlock)
+    fixed = result.document.slots[1]
+    assert isinstance(fixed, ImageBlock) and fixed.params["prompt"] == "Make it sepia, keep everything else."
+    work = {w["slot"]: w for w in result.stage("enhance").detail["work"]}
+    assert work[1]["action"] == "replaced" and work[0]["action"] == "kept"
+
+
+async def test_edit_graded_below_threshold_by_the_image_judge_is_retried(judge_server):
+    cand = ("The coast.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\n"
+            + tag("edit", "Lighthouse, blurred", img_index=0, prompt="make it grayscale") + "\nEnd.")
+    helpers = {"edit_rewrite": lambda b: "blur the image"}
+
+    def judge(body, n):
+        text = user_text(body)
+        if "The instruction:" in text:
+            return "Edit: 5" if "blur" in text else "Edit: 2"
+        return "Match: 5"
+
+    with SSEServer(policy_script({0: cand}, helpers)) as policy, judge_server(judge) as (murl, mj):
+        settings = settings_for(policy.base_url, mllm_url=murl, tools=PILLOW_TOOLS,
+                                tts={"enhance": {"search": {"rewrites": 0}}})
+        result = await tts("Coast", n=1, settings=settings, stages="sample,enhance")
+    work = {w["slot"]: w for w in result.stage("enhance").detail["work"]}
+    assert work[1]["grades"] == [0.25, 1.0] and work[1]["action"] == "replaced"
+    assert result.document.slots[1].params["prompt"] == "blur the image"
+    # the edit judge saw two images: before and after
+    edit_reqs = [r for r in mj.requests if "The instruction:" in user_text(r)]
+    assert all(len(image_colors(r)) == 2 for r in edit_reqs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Search with the image judge, and its failure
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_search_chosen_by_the_image_judge_and_caption_match_when_it_fails(judge_server):
+    lighthouse = library_center("lighthouse-rocky-coast.jpg")
+    cand = "The coast.\n" + tag("search", LIGHTHOUSE, query="red") + "\nEnd."
+    helpers = {"rewrite": lambda b: "lighthouse rocky coast"}
+
+    def judge(body, n):
+        return "Match: 5" if image_colors(body) == [lighthouse] else "Match: 1"
+
+    with SSEServer(policy_script({0: cand}, helpers)) as policy, judge_server(judge) as (murl, _):
+        settings = settings_for(policy.base_url, mllm_url=murl)
+        result = await tts("Coast", n=1, settings=settings, stages="sample,enhance")
+    w = result.stage("enhance").detail["work"][0]
+    assert w["scored_by"] == "image judge" and w["scores"] == [0.0, 1.0] and w["action"] == "replaced"
+
+    def broken(body, n):
+        return (500, b"{}", {}) if image_colors(body) == [lighthouse] else "Match: 3"
+
+    with SSEServer(policy_script({0: cand}, helpers)) as policy, judge_server(broken) as (murl, _):
+        settings = settings_for(policy.base_url, mllm_url=murl)
+        result = await tts("Coast", n=1, settings=settings, stages="sample,enhance")
+    w = result.stage("enhance").detail["work"][0]
+    assert w["scored_by"] == "caption match (image judge failed)" and w["action"] == "replaced"
+
+
+# ------------------------------------------------------------------------------------------------
+# Diffusion: richer prompts, best of k by the image judge
+# ------------------------------------------------------------------------------------------------
+
+DIFF_TOOLS = {"search": {"backends": []}, "code": {"backends": []}, "diffusion": {"backends": ["fake"]},
+              "edit": {"backends": []}}
+
+
+async def test_diffusion_best_of_k(judge_server):
+    rich = ["a tabby cat asleep on a red cushion, soft morning light, photograph",
+            "a tabby cat curled up on a red velvet cushion, watercolour"]
+    # the fake backend paints each prompt its own colour; the judge grades by colour
+    colors = {center(fakes.png_for("a cat")): 2, center(fakes.png_for(rich[0])): 3, center(fakes.png_for(rich[1])): 5}
+    assert len(colors) == 3
+    cand = "A cat.\n" + tag("diffusion", "A tabby cat sleeping on a red cushion", prompt="a cat") + "\nEnd."
+    helpers = {"enrich": lambda b: "\n".join(rich)}
+
+    def judge(body, n):
+        return f"Match: {colors[image_colors(body)[0]]}"
+
+    with SSEServer(policy_script({0: cand}, helpers)) as policy, judge_server(judge) as (murl, _):
+        settings = settings_for(policy.base_url, mllm_url=murl, tools=DIFF_TOOLS)
+        result = await tts("Cat", n=1, settings=settings, stages="sample,enhance")
+    w = result.stage("enhance").detail["work"][0]
+    assert w["prompts"] == rich and w["scores"] == [0.25, 0.5, 1.0] and w["action"] == "replaced"
+    assert result.document.slots[0].params["prompt"] == rich[1]
+    assert dict(result.cost["enhance"].tool_calls) == {"diffusion": 2}
+
+    # without an image judge nothing can choose: skipped, and no tool call spent
+    with SSEServer(policy_script({0: cand}, helpers)) as policy:
+        result = await tts("Cat", n=1, settings=settings_for(policy.base_url, tools=DIFF_TOOLS), stages="sample,enhance")
+    w = result.stage("enhance").detail["work"][0]
+    assert w["action"] == "skipped" and "no image judge" in w["why"]
+    assert result.cost["enhance"].n_tool_calls == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The reward selector and the polish guard in the pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_reward_selector_runs_every_candidate_and_reuses_the_winners_document(judge_server):
+    lighthouse = library_center("lighthouse-rocky-coast.jpg")
+    cands = {0: "Coast A.\n" + tag("search", LIGHTHOUSE, query="red") + "\nEnd.",
+             1: "Coast B.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nEnd."}
+
+    def llm_judge(body, n):
+        return "Text: 4\nImage: 4"
+
+    def mllm_judge(body, n):
+        good = image_colors(body) == [lighthouse]
+        return "Image Quality: 5\nTask Relevance: {0}\nText-Image Relevance: {0}".format(5 if good else 1)
+
+    with SSEServer(policy_script(cands)) as policy, judge_server(llm_judge) as (jurl, _), \
+            judge_server(mllm_judge) as (murl, _):
+        settings = settings_for(policy.base_url, judge_url=jurl, mllm_url=murl, tts={"selector": "reward"})
+        result = await tts("Coast", n=2, settings=settings, stages="sample,check,select")
+    sel = result.selection
+    assert result.winner == 1 and sel.decided_by == "reward"
+    assert sel.final[1] > sel.final[0]
+    assert result.stage("execute").detail["reused"]
+    assert dict(result.cost["select"].tool_calls) == {"search": 2} and result.cost["execute"].n_tool_calls == 0
+    assert result.cost["select"].llm_calls == 4  # an LLM and an MLLM judge call per candidate
+
+
+async def test_a_polish_that_loses_an_image_is_discarded():
+    cand = "Intro.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nEnd."
+
+    def bad_polish(body):
+        return between(user_text(body), "DOCUMENT").replace("[[IMAGE 0]]", "").replace("Intro.", "Intro, better.")
+
+    with SSEServer(policy_script({0: cand}, {"polish": bad_polish})) as policy:
+        result = await tts("Coast", n=1, settings=settings_for(policy.base_url), stages="sample,polish")
+    d = result.stage("polish").detail
+    assert d["result"] == "kept the original" and "markers []" in d["why"]
+    assert result.document.text == "Intro.\n\nEnd." and len(result.document.slots) == 1
+    assert result.snapshots["polish"] is result.snapshots["execute"]
+
+
+async def test_polish_sees_what_each_image_shows_and_no_changes_is_cheap():
+    cand = "Intro.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nEnd."
+    seen = {}
+
+    def polish(body):
+        seen["text"] = user_text(body)
+        seen["images"] = len(image_colors(body))
+        return "NO CHANGES"
+
+    with SSEServer(policy_script({0: cand}, {"polish": polish})) as policy:
+        result = await tts("Coast", n=1, settings=settings_for(policy.base_url), stages="sample,polish")
+    assert "[[IMAGE 0]] shows — search: " + LIGHTHOUSE in seen["text"]
+    assert "title: lighthouse rocky coast" in seen["text"] and seen["images"] == 1
+    assert result.stage("polish").detail["result"] == "no changes needed"
+    assert result.document.text == "Intro.\n\nEnd."
