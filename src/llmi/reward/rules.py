@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping
 
+from ..protocol import InvalidTag, ParsedResponse, TagErrorKind, ToolCall
 from ..tools.spec import TOOLS
 
 #: ``image_num`` values with a special meaning (anything ``> 0`` asks for exactly that many images).
@@ -57,6 +58,10 @@ class RewardConfig:
       replaced by ``fallback_score``, except that a tags-only response keeps text 1 under
       ``empty_text_is_worst``; the error is still reported). The reference implementation
       silently used 1 — the worst score — which teaches the policy that a judge outage was its fault.
+    * ``lenient_tags`` — whether a tag that llmi reads only leniently (a fence inside the tag, a raw newline
+      in a quoted string, text around the object; see :mod:`llmi.protocol`) counts as valid. Default
+      ``False``: it counts as invalid — no attempt, no image — as the LLM-I release's parser rejects it,
+      so a policy trained with llmi learns the format the paper's policy learned (:func:`reward_reading`).
     """
 
     w_num: float = 0.2
@@ -77,6 +82,7 @@ class RewardConfig:
     empty_text_is_worst: bool = True
     on_judge_error: Literal["drop", "fallback"] = "drop"
     fallback_score: float = 3.0
+    lenient_tags: bool = False
 
     def __post_init__(self) -> None:
         weights = {"w_num": self.w_num, "w_mllm": self.w_mllm, "w_llm": self.w_llm, "w_tool": self.w_tool}
@@ -260,6 +266,32 @@ def mllm_rule(produced: int, cfg: RewardConfig = RewardConfig()) -> tuple[str, t
 # ------------------------------------------------------------------------------------------------
 # Format checks and the per-sample result
 # ------------------------------------------------------------------------------------------------
+
+
+def reward_reading(parsed: ParsedResponse, cfg: RewardConfig = RewardConfig()) -> ParsedResponse:
+    """The tags as the reward counts them: a lenient reading is an invalid tag unless ``cfg.lenient_tags``.
+
+    The document still shows such a tag's picture (render and generate run it); only the reward follows
+    the LLM-I release, whose parser rejects it (:meth:`~llmi.protocol.ParsedResponse.release_reading`).
+    """
+    return parsed if cfg.lenient_tags else parsed.release_reading()
+
+
+def unrewarded_slots(parsed: ParsedResponse, n_input_images: int = 0) -> frozenset[int]:
+    """Slots of a reward reading whose image, if a document has one, the reward does not count.
+
+    A tag the reading made invalid for its leniency, and every edit that builds on such an image (in
+    the release that image never existed, so the edit had nothing to edit). Needed for documents made
+    elsewhere (a row's ``document``, an injected executor); the engine run on the reward reading
+    already leaves those slots without an image.
+    """
+    out: set[int] = set()
+    for s in parsed.slots:
+        if isinstance(s, InvalidTag) and s.kind is TagErrorKind.LENIENT:
+            out.add(s.index)
+        elif isinstance(s, ToolCall) and s.depends_on is not None and s.depends_on - n_input_images in out:
+            out.add(s.index)
+    return frozenset(out)
 
 
 def format_violations(parsed: Any) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from ..config import Settings
-from ..document import Document, ImageBlock, TextBlock
+from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import ConfigError, InputError, ToolError
 from ..images import ImageData
 from ..protocol import CLOSE_TAG, OPEN_TAG, InvalidTag, ParsedResponse, Text, ToolCall, parse_response
@@ -40,7 +41,9 @@ from .rules import (
     image_count_score,
     is_eval_split,
     mllm_rule,
+    reward_reading,
     tool_score,
+    unrewarded_slots,
 )
 
 log = logging.getLogger(__name__)
@@ -257,6 +260,34 @@ def judged_response(parsed: ParsedResponse) -> str:
     return "".join(out)
 
 
+def _without_unrewarded(document: Document, slots: frozenset[int], n_tags: int) -> Document:
+    """``document`` with no image in ``slots`` (see :func:`~llmi.reward.rules.unrewarded_slots`).
+
+    Only for documents made elsewhere — a run of the reward reading has none there already. A document
+    whose slots do not line up with the tags is left as it is.
+    """
+    if not slots:
+        return document
+    tag_slots = [b for b in document.slots if getattr(b, "tool", None) != "input"]
+    if len(tag_slots) != n_tags or not any(isinstance(tag_slots[i], ImageBlock) for i in slots):
+        return document
+    blocks, slot = [], -1
+    for b in document.blocks:
+        if isinstance(b, (ImageBlock, FailureBlock)) and b.tool != "input":
+            slot += 1
+            if slot in slots and isinstance(b, ImageBlock):
+                b = FailureBlock(
+                    b.tool,
+                    "not counted: the tag was read only leniently (or edits such an image), which the LLM-I "
+                    "release rejects ([reward] lenient_tags = true counts it)",
+                    "lenient_reading",
+                    b.description,
+                    b.params,
+                )
+        blocks.append(b)
+    return dataclasses.replace(document, blocks=blocks)
+
+
 def _produced(document: Document) -> list[ImageBlock]:
     return [b for b in document.images if b.tool != "input"]
 
@@ -400,7 +431,8 @@ class RewardScorer:
             result.errors["input"] = str(exc)
             return result
 
-        parsed = parse_response(sample.response, len(sample.input_images))
+        # the tags as the reward counts them: by default a lenient reading is invalid, as in the LLM-I release
+        parsed = reward_reading(parse_response(sample.response, len(sample.input_images)), cfg)
         result.violations = format_violations(parsed)
         result.n_tags = len(parsed.slots)
         result.n_valid_tags = len(parsed.calls)
@@ -413,7 +445,11 @@ class RewardScorer:
             llm_task = asyncio.ensure_future(self._judged(self._llm.score, question, response))
         try:
             try:
-                document = await self._document(sample, parsed)
+                document = _without_unrewarded(
+                    await self._document(sample, parsed),
+                    unrewarded_slots(parsed, len(sample.input_images)),
+                    len(parsed.slots),
+                )
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an infrastructure failure of this sample
