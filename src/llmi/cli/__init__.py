@@ -18,4 +18,4 @@ def main() -> None:
 
 
 # Importing a subcommand module registers it on ``app`` (they import ``app`` from here, defined above).
-from . import data, doctor, eval, generate, render, reward, train  # noqa: E402,F401
+from . import data, doctor, eval, generate, render, reward, serve, train  # noqa: E402,F401
