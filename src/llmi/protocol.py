@@ -669,9 +669,10 @@ class StreamParser:
     closing tag arrives. ``violations`` accumulates format problems.
 
     ``start_in_think``: ``True`` when the response starts inside the reasoning (the chat template opened
-    ``<think>`` in the prompt), ``False`` when it does not, ``None`` to decide as :func:`parse_response`
-    does by default (:func:`starts_in_think`) — which needs to see the first think marker, so until one
-    arrives (or :meth:`close`) nothing is returned: a live caller that knows the answer passes it.
+    ``<think>`` in the prompt), ``False`` when it does not, ``None`` (the default) to decide as
+    :func:`parse_response` does (:func:`starts_in_think`) — which needs to see the first think marker, so
+    until one arrives (or :meth:`close`) nothing is returned: a live caller that knows the answer passes
+    it (``generate`` does, and re-reads the reply if it guessed wrong).
     :attr:`think_start` is the decision once made. Whatever the chunks, the output agrees with
     :func:`parse_response` given the same ``start_in_think``.
 
@@ -680,7 +681,7 @@ class StreamParser:
     """
 
     def __init__(
-        self, n_input_images: int = 0, *, n_tags: int | None = None, start_in_think: bool | None = False
+        self, n_input_images: int = 0, *, n_tags: int | None = None, start_in_think: bool | None = None
     ):
         self.n_input_images = n_input_images
         self.n_tags = n_tags
