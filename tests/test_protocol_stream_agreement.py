@@ -59,7 +59,7 @@ def _normalise(segs):
 def test_reasoning_without_an_opening_think_reads_the_same_live_and_whole():
     whole = parse_response("plan</think>Hi")
     assert whole.segments == [Think("plan"), Text("Hi")] and whole.start_in_think
-    p = StreamParser(start_in_think=None)
+    p = StreamParser()  # the default decides as parse_response does
     assert p.feed("plan</think>Hi") == [Think("plan"), Text("Hi")]  # decided on </think>: no wait
     assert p.close() == [] and p.think_start is True
     segs, _ = stream(list("plan</think>Hi"))
