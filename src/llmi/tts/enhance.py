@@ -28,6 +28,7 @@ Everything is best-effort within the budget: a refused call stops that slot's wo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -111,6 +112,21 @@ def extract_code(reply: str) -> str:
     if not code:
         raise ValueError("the reply holds no code")
     return code
+
+
+def _noted(block: ImageBlock | FailureBlock, work: "SlotWork") -> ImageBlock | FailureBlock:
+    """The replacement with a ``tts`` note in its provenance: what enhancement did to this slot (so the
+    document itself says which images test-time scaling changed)."""
+    if not isinstance(block, ImageBlock):
+        return block
+    how = {"search": "query rewrite", "diffusion": "best of k", "code": "chart fix", "edit": "instruction rewrite"}
+    note: dict[str, Any] = {"enhanced": how.get(work.tool, work.tool)}
+    for key in ("chosen", "scored_by"):
+        if key in work.detail:
+            note[key] = work.detail[key]
+    if work.tool == "code":
+        note["fixes"] = len(work.detail.get("attempts", []))
+    return dataclasses.replace(block, provenance={**block.provenance, "tts": note})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,6 +216,7 @@ class Enhancer:
                 improve = getattr(self, f"_{tool}")
                 await improve(state, work, tc, block)
                 if work.replacement is not None:
+                    work.replacement = _noted(work.replacement, work)
                     async with self._lock:
                         state.document = await self.runner.replace(state.document, k, work.replacement)
                     work.action = "replaced"
