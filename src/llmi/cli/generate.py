@@ -48,6 +48,9 @@ def generate_cmd(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="do not echo the model's text"),
     show_think: bool = typer.Option(False, "--show-think", help="echo the model's reasoning too (dimmed, stderr)"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="log what the LLM client and tools do"),
+    tts_n: Optional[int] = typer.Option(None, "--tts", metavar="N", help="test-time scaling: sample N candidates, select, enhance, polish (docs/tts.md)"),
+    tts_stages: Optional[str] = typer.Option(None, "--tts-stages", metavar="LIST", help="stages to run, e.g. sample,check,select,enhance,polish ([tts] stages)"),
+    tts_budget: Optional[str] = typer.Option(None, "--tts-budget", metavar="SPEC", help="limits never exceeded, e.g. calls=40,tool_calls=30,tokens=200k,seconds=120"),
 ) -> None:
     """Write an illustrated document for PROMPT: any LLM writes, tools run as soon as each tag closes.
 
@@ -93,6 +96,13 @@ def generate_cmd(
         settings = load(config, overrides or None)
         images = list(image or [])
         tpath = trace_file or (trace_path_for(output) if trace else None)
+        if tts_n is not None or tts_stages or tts_budget:
+            from .tts_run import generate_with_tts
+
+            if system_prompt is not None:
+                settings.llm.system_prompt_file = str(system_prompt.resolve())
+            return generate_with_tts(text, images, settings, output, n=tts_n, stages=tts_stages, budget=tts_budget,
+                                     trace_path=tpath, title=title, quiet=quiet)
 
         run_trace = Trace()
         t0 = time.perf_counter()
