@@ -55,6 +55,15 @@ _CROSS_TOOL = {
 }
 
 
+def _labelled(label: str, message: str) -> str:
+    """``label: message``, unless the message already starts by naming the backend
+    (``serpapi: none of 3 candidate(s)…``, ``SerpAPI: quota``, ``wikimedia found no images``): once is enough."""
+    head = message[: len(label) + 1].lower()
+    if head.startswith(label.lower()) and head[len(label):len(label) + 1] in (":", " "):
+        return message
+    return f"{label}: {message}"
+
+
 def parse_chain_entry(tool: str, entry: str) -> tuple[str, str]:
     """``"wikimedia"`` -> ``("search", "wikimedia")``; ``"diffusion:openai"`` -> ``("diffusion", "openai")``."""
     if ":" in entry:
@@ -295,7 +304,8 @@ class Engine:
                 call.description,
                 call.params,
             )
-        reasons: list[str] = []
+        reasons: list[str] = []  # one per backend tried, each naming its backend once
+        messages: list[str] = []  # the same, as the backend said it
         kinds: list[str] = []
         for tool, name in chain:
             label = name if tool == call.source else f"{tool}:{name}"
@@ -304,7 +314,8 @@ class Engine:
             elif (call.source, tool) in _CROSS_TOOL:
                 params = _CROSS_TOOL[(call.source, tool)](call.params)
             else:
-                reasons.append(f"{label}: cannot serve a {call.source} call")
+                messages.append(f"cannot serve a {call.source} call")
+                reasons.append(_labelled(label, messages[-1]))
                 kinds.append("misconfigured")
                 continue
             try:
@@ -314,16 +325,19 @@ class Engine:
                     raise ToolError(f"not usable ({status.state}: {status.detail})", kind=status.state)
                 result, cached = await self._run_backend(tool, backend, params, call.description, input_image, seed)
             except ToolError as exc:
-                reasons.append(f"{label}: {exc}")
+                messages.append(str(exc))
+                reasons.append(_labelled(label, messages[-1]))
                 kinds.append(exc.kind)
                 continue
             except ConfigError as exc:
-                reasons.append(f"{label}: {exc}")
+                messages.append(str(exc))
+                reasons.append(_labelled(label, messages[-1]))
                 kinds.append("misconfigured")
                 continue
             except Exception as exc:  # a backend bug must not take the run down
                 log.exception("backend %s.%s crashed", tool, name)
-                reasons.append(f"{label}: internal error: {type(exc).__name__}: {exc}")
+                messages.append(f"internal error: {type(exc).__name__}: {exc}")
+                reasons.append(_labelled(label, messages[-1]))
                 kinds.append("internal_error")
                 continue
             provenance = {"backend": name, **result.provenance}
@@ -342,7 +356,7 @@ class Engine:
                 provenance=provenance,
                 elapsed_s=time.monotonic() - t0,
             )
-        reason = reasons[0].split(": ", 1)[1] if len(reasons) == 1 else "; ".join(reasons)
+        reason = messages[0] if len(reasons) == 1 else "; ".join(reasons)
         return FailureBlock(call.source, reason, kinds[-1], call.description, call.params, time.monotonic() - t0)
 
     async def _run_backend(

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 import httpx
 from pydantic import BaseModel, Field
 
-from ...errors import ToolError, TransientToolError
+from ...errors import ToolError, TransientToolError, UnsafeURLError
 from ...images import ImageData
 from ..base import Backend, BackendStatus, ToolRequest, ToolResult
 from ..http import check_response, json_body, send
@@ -183,7 +183,9 @@ async def choose(
 
     Candidates whose reported size is already below ``min_size`` are skipped without a download and do
     not use up ``max_candidates``. If every candidate fails, the error says why each one was rejected; it
-    is a :class:`TransientToolError` (worth retrying later) only when every download failed transiently.
+    is a :class:`TransientToolError` (worth retrying later) only when every download failed transiently,
+    and an :class:`UnsafeURLError` when the safe fetcher refused every one — with the refusals' kind
+    (``unsafe_url`` for internal addresses), the kind the same refusal has anywhere else.
     """
     seen: set[str] = set()
     unique = []
@@ -198,6 +200,7 @@ async def choose(
 
     reasons: list[str] = []
     transient: list[TransientToolError] = []
+    refused: list[UnsafeURLError] = []
     tried = 0
     for c in unique:
         if tried >= options.max_candidates:
@@ -211,6 +214,10 @@ async def choose(
             image, final_url = await load(c)
         except TransientToolError as exc:
             transient.append(exc)
+            reasons.append(f"{label}: {exc}")
+            continue
+        except UnsafeURLError as exc:
+            refused.append(exc)
             reasons.append(f"{label}: {exc}")
             continue
         except ToolError as exc:
@@ -239,6 +246,9 @@ async def choose(
     if transient and len(transient) == tried:
         retry = max((e.retry_after for e in transient if e.retry_after is not None), default=None)
         raise TransientToolError(summary, kind="no_result", retry_after=retry)
+    if refused and len(refused) == len(reasons):  # nothing else went wrong: the fetcher said no to each
+        kinds = {e.kind for e in refused}
+        raise UnsafeURLError(summary, kind=kinds.pop() if len(kinds) == 1 else "unsafe_url")
     raise ToolError(summary, kind="no_result")
 
 
