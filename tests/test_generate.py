@@ -559,11 +559,11 @@ def test_cli_sampling_flags_and_extra_body_reach_the_request(tmp_path, monkeypat
     toml = TOML + "[llm]\nextra_body = { repetition_penalty = 1.05, chat_template_kwargs = { keep = 1 } }\n"
     with SSEServer(Script(content=["Plain text."])) as srv:
         res = _cli(["Write", "-o", str(tmp_path / "o.md"), "--base-url", srv.base_url, "-m", "m",
-                    "--temperature", "0.1", "--top-p", "0.8", "--max-tokens", "300", "--no-think",
+                    "--temperature", "0.1", "--top-p", "0.8", "--max-tokens", "300", "--no-think", "--seed", "77",
                     "--extra-body", '{"top_k": 20, "chat_template_kwargs": {"x": 1}}'], toml, tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     body = srv.requests[0]
-    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.1, 0.8, 300)
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["seed"]) == (0.1, 0.8, 300, 77)
     assert body["top_k"] == 20 and body["repetition_penalty"] == 1.05  # flag and config merged
     assert body["chat_template_kwargs"] == {"keep": 1, "x": 1, "enable_thinking": False}
 
@@ -602,3 +602,123 @@ def test_cli_warns_when_the_model_stopped_at_max_tokens(tmp_path, monkeypatch):
     err = " ".join(res.stderr.split())
     assert "stopped at max_tokens (5)" in err and "--max-tokens" in err
     assert json.loads((tmp_path / "o.trace.json").read_text())["finish_reason"] == "length"
+
+
+# ------------------------------------------------------------------------------------------------
+# Requests, one event stream, reasoning without an opening <think>, concurrent runs
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_a_request_carries_sampling_seed_history_system_prompt_and_tools():
+    from llmi.request import Request, Sampling
+
+    history = ({"role": "user", "content": "Earlier question"}, {"role": "assistant", "content": "Earlier answer"})
+    req = Request("Now this", history=history, sampling=Sampling(temperature=0.1, seed=1234, max_tokens=50),
+                  tools=("search",), run_id="run-1")
+    response = tag("search", "river", query="river") + tag("code", "c", code="x")
+    with SSEServer(Script(content=[response])) as srv:
+        trace = G.Trace()
+        doc = await G.agenerate(req, settings=settings_for(srv.base_url), trace=trace)
+        custom = await G.agenerate(req.replace(system_prompt="You are terse.", tools=None),
+                                   settings=settings_for(srv.base_url))
+    body = srv.requests[0]
+    assert body["seed"] == 1234 and body["temperature"] == 0.1 and body["max_tokens"] == 50
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system", "user", "assistant", "user"] and body["messages"][-1]["content"] == "Now this"
+    assert "`search`" in body["messages"][0]["content"] and "`code`" not in body["messages"][0]["content"]
+    assert trace.tools_advertised == ["search"] and trace.run_id == "run-1" and trace.seed == 1234
+    assert [r.seed for _, r in _Fake.calls][:2] == [1234, 1234]  # the seed reached the tools too
+    assert srv.requests[1]["messages"][0]["content"] == "You are terse."
+    assert len(doc.images) == 2 and len(custom.images) == 2
+
+
+async def test_generate_events_have_one_run_id_usage_and_a_json_form():
+    from llmi import events as E
+
+    with SSEServer(Script(content=split_every(RESPONSE, 9))) as srv:
+        events = [ev async for ev in G.stream(G.Request("Write", run_id="abc"), settings=settings_for(srv.base_url))]
+    kinds = [e.type for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "done"
+    assert kinds.index("usage") > max(i for i, k in enumerate(kinds) if k == "text")  # after the LLM finished
+    assert {e.run_id for e in events} == {"abc"}
+    usage = next(e for e in events if isinstance(e, E.Usage))
+    assert usage.usage["prompt_tokens"] == 9 and usage.finish_reason == "stop" and usage.model == "test-model"
+    assert events[0].llm == "openai" and events[0].tools == ("search", "code", "edit")
+    for ev in events:  # (elapsed times are rounded in the JSON form: compare the forms)
+        d = json.loads(json.dumps(ev.to_dict()))
+        assert E.from_dict(d).to_dict() == d
+
+
+async def test_a_cut_stream_yields_error_then_done_and_an_unreachable_llm_an_error():
+    from llmi import events as E
+
+    pieces = ["Intro.\n\n", tag("code", "Chart", code="x"), "\n\nMore"]
+    with SSEServer(Script(content=pieces, fail_after=2, fail="drop")) as srv:
+        got: list = []
+        with pytest.raises(G.GenerationError):
+            await G.agenerate("Write", settings=settings_for(srv.base_url), on_event=got.append)
+    kinds = [e.type for e in got]
+    assert kinds[-1] == "done" and kinds.count("error") == 1 and kinds.index("error") < len(kinds) - 1
+    assert got[kinds.index("error")].kind == "llm_cut" and kinds.index("usage") < kinds.index("error")
+    assert got[-1].document.slots[0].type == "image"
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    s.close()
+    got = []
+    with pytest.raises(LLMUnreachable):
+        await G.agenerate("Write", settings=settings_for(url), on_event=got.append)
+    assert [e.type for e in got] == ["run_started", "error"] and got[-1].kind == "llm_unreachable"
+
+
+async def test_an_edit_past_the_last_tag_is_amended_at_the_end():
+    from llmi import events as E
+
+    response = tag("edit", "later", img_index=3, prompt="p") + " text " + tag("code", "c", code="x")
+    with SSEServer(Script(content=split_every(response, 6))) as srv:
+        got: list = []
+        doc = await G.agenerate("Write", settings=settings_for(srv.base_url), on_event=got.append)
+    amended = [e for e in got if isinstance(e, E.TagAmended)]
+    assert [e.index for e in amended] == [0] and amended[0].block.kind == "index_out_of_range"
+    assert doc.slots[0].kind == "index_out_of_range"
+    assert [e.type for e in got].index("tag_amended") < [e.type for e in got].index("done")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+async def test_reasoning_streamed_without_an_opening_think_stays_out_of_the_document(chunk):
+    """A chat template that opened <think> in the prompt: the server streams `plan…</think>answer`. The
+    document is what render/reward read from the same text — the plan (and a tag inside it) is reasoning."""
+    from llmi.protocol import parse_response
+
+    response = ("I should chart it " + tag("code", "draft", code="draft") + " first.</think>"
+                "# Report\n\n" + tag("search", "river", query="river") + "\n\nDone.")
+    with SSEServer(Script(content=split_every(response, chunk))) as srv:
+        trace = G.Trace()
+        doc = await G.agenerate("Write", settings=settings_for(srv.base_url), trace=trace)
+    whole = parse_response(response)
+    assert doc.text == whole.text == "# Report\n\n\n\nDone."
+    assert [b.tool for b in doc.slots] == ["search"] and doc.slots[0].slot == 0
+    assert trace.think.startswith("I should chart it") and "first." in trace.think
+    assert [c.source for c in trace.tool_calls] == ["search"]
+    assert trace.raw_response == response
+
+
+async def test_concurrent_runs_on_one_llm_keep_their_own_finish_reason_and_usage():
+    from llmi.llm import create_llm
+
+    def script(_n, body):
+        i = int(body["messages"][-1]["content"].split()[-1])
+        return Script(content=[f"Run {i}. "] * (i + 1), delay_s=0.01, finish_reason="length" if i % 2 else "stop")
+
+    with SSEServer(script) as srv:
+        settings = settings_for(srv.base_url)
+        llm = create_llm(settings.llm)
+        traces = [G.Trace() for _ in range(5)]
+        docs = await asyncio.gather(*(G.agenerate(f"prompt {i}", settings=settings, llm=llm, trace=traces[i])
+                                      for i in range(5)))
+        await llm.aclose()
+    for i, (doc, trace) in enumerate(zip(docs, traces)):
+        assert doc.text == f"Run {i}. " * (i + 1)
+        assert trace.finish_reason == ("length" if i % 2 else "stop")
+        assert trace.usage["completion_tokens"] == i + 1

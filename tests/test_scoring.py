@@ -249,8 +249,8 @@ def test_sample_from_row(tmp_path):
 
     uri = "data:image/png;base64," + base64.b64encode(make_png(3, 3)).decode()
     assert sample_from_row({"prompt": "Q", "response": "R", "image_num": 1, "images": [uri]}).input_images[0].width == 3
-    assert "cannot read image" in sample_from_row({"prompt": "Q", "response": "R", "image_num": 1, "images": ["nope.png"]}, tmp_path).input_error
-    assert "not an image" in sample_from_row({"prompt": "Q", "response": "R", "image_num": 1, "images": ["data:image/png;base64,aGVsbG8="]}).input_error
+    assert "does not exist" in sample_from_row({"prompt": "Q", "response": "R", "image_num": 1, "images": ["nope.png"]}, tmp_path).input_error
+    assert "not a PNG, JPEG" in sample_from_row({"prompt": "Q", "response": "R", "image_num": 1, "images": ["data:image/png;base64,aGVsbG8="]}).input_error
     assert "image_num" in sample_from_row({"prompt": "Q", "response": "R"}).input_error
     assert "tools" in sample_from_row({"prompt": "Q", "response": "R", "image_num": 0, "tools": "code"}).input_error
 

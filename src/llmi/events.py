@@ -188,7 +188,7 @@ class Done:
     type: ClassVar[str] = "done"
 
     def to_dict(self, *, image_data: bool = True) -> dict[str, Any]:
-        doc = self.document.to_dict(image_paths=None if image_data else [""] * len(self.document.images))
+        doc = self.document.to_dict(image_data=image_data)
         return {"type": self.type, "document": doc, "run_id": self.run_id}
 
 

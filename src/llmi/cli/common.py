@@ -27,7 +27,6 @@ console = Console(stderr=True)
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 #: User images larger than this are refused before they are read (fetched images stop at 20 MB).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
-_IMAGE_TYPES = "PNG, JPEG, GIF, WEBP or BMP"
 
 
 def one_line(message: str) -> str:
@@ -126,22 +125,11 @@ def _read_capped(path: Path, what: str, limit: int) -> bytes:
 
 
 def read_images(paths: list[Path] | None) -> list:
-    """Read and validate the user's input images (an unreadable one is an InputError)."""
-    from ..errors import ToolError
-    from ..images import ImageData, sniff_mime
+    """Read and validate the user's input images (an unreadable one is an InputError): the one loader,
+    :func:`llmi.images.load_image`, with the CLI's size cap."""
+    from ..images import load_image
 
-    out = []
-    for p in paths or []:
-        data = _read_capped(p, "input image", MAX_IMAGE_BYTES)
-        if not data:
-            raise InputError(f"input image {p} is empty")
-        if sniff_mime(data) is None:
-            raise InputError(f"input image {p} is not a {_IMAGE_TYPES} image")
-        try:
-            out.append(ImageData.from_bytes(data))
-        except ToolError as exc:
-            raise InputError(f"input image {p} is not usable: {one_line(str(exc))}") from exc
-    return out
+    return [load_image(p, max_bytes=MAX_IMAGE_BYTES) for p in paths or []]
 
 
 def read_text(path: Path) -> str:

@@ -36,6 +36,7 @@ def generate_cmd(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature ([llm] temperature, default 0.7)"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling ([llm] top_p)"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap on the reply's tokens ([llm] max_tokens, default 4096)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed, sent to the LLM server and to the diffusion/edit tools (a seed is part of their cache key)"),
     no_think: bool = typer.Option(False, "--no-think", help="ask a Qwen3-style chat template to skip reasoning (chat_template_kwargs.enable_thinking=false)"),
     extra_body: Optional[str] = typer.Option(None, "--extra-body", metavar="JSON", help="a JSON object merged into the request body (over [llm] extra_body)"),
     no_vision: bool = typer.Option(False, "--no-vision", help="the model is text-only: do not send it the images"),
@@ -108,8 +109,11 @@ def generate_cmd(
         t0 = time.perf_counter()
         status = 0
         try:
+            from ..request import Request, Sampling
+
+            request = Request(text, sampling=Sampling(seed=seed))
             doc = asyncio.run(
-                _run(agenerate, text, images, settings, system_prompt, run_trace, quiet=quiet, show_think=show_think)
+                _run(agenerate, request, images, settings, system_prompt, run_trace, quiet=quiet, show_think=show_think)
             )
         except GenerationError as exc:
             doc, status = exc.document, 1
@@ -188,8 +192,8 @@ class _TextEcho:
             self.raw.flush()
 
 
-async def _run(agenerate, text, images, settings, system_prompt, trace, *, quiet: bool, show_think: bool):
-    from ..events import TextEvent, ThinkEvent, ToolFinished, ToolStarted
+async def _run(agenerate, request, images, settings, system_prompt, trace, *, quiet: bool, show_think: bool):
+    from ..events import TagAmended, TextEvent, ThinkEvent, ToolFinished, ToolStarted
 
     echo = _TextEcho(quiet=quiet, show_think=show_think)
     with ToolProgress(console, n_inputs=len(images)) as progress:
@@ -199,11 +203,11 @@ async def _run(agenerate, text, images, settings, system_prompt, trace, *, quiet
                 echo.text(ev.text)
             elif isinstance(ev, ThinkEvent):
                 echo.think(ev.text)
-            elif isinstance(ev, (ToolStarted, ToolFinished)):
+            elif isinstance(ev, (ToolStarted, ToolFinished, TagAmended)):
                 progress.handle(ev)
 
         try:
-            return await agenerate(text, images=images, settings=settings, system_prompt_file=system_prompt,
+            return await agenerate(request, images=images, settings=settings, system_prompt_file=system_prompt,
                                    on_event=on_event, trace=trace)
         finally:
             echo.close()

@@ -8,12 +8,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from ..events import Event, ToolFinished, ToolStarted
+from ..events import Event, TagAmended, ToolFinished, ToolStarted
 
 
 class ToolProgress:
     """One line per tool call: running / done in N s / failed: reason. Use as a context manager and
-    pass :meth:`handle` as the engine's ``on_event``.
+    pass :meth:`handle` as the engine's ``on_event`` (it reads ``tool_started``, ``tool_finished`` and
+    ``tag_amended``, which corrects a failure's reason at the end of the response; others are ignored).
 
     Lines are numbered like the images an ``edit`` refers to (``n_inputs`` user images first, then one
     per tag), so "[2] edit ... failed" points at the same ``img_index`` the model wrote. Descriptions and
@@ -62,16 +63,16 @@ class ToolProgress:
     def handle(self, event: Event) -> None:
         if isinstance(event, ToolStarted):
             self.lines[event.index] = (event.source, event.description, time.monotonic(), None)
-        elif isinstance(event, ToolFinished):
+        elif isinstance(event, (ToolFinished, TagAmended)):
             source, desc, t0, _ = self.lines.get(event.index, (event.block.tool, "", time.monotonic(), None))
-            if event.ok:
+            if isinstance(event, ToolFinished) and event.ok:
                 outcome = f"ok done in {event.elapsed_s:.1f} s"
             else:
                 reason = " ".join(event.block.reason.split())
                 outcome = "failed: " + (reason if len(reason) <= 160 else reason[:159] + "…")
             self.lines[event.index] = (source, desc, t0, outcome)
             if not self.enabled:
-                mark = "✔" if event.ok else "✘"
+                mark = "✔" if outcome.startswith("ok") else "✘"
                 self.console.print(
                     f"{mark} {self._label(event.index, source, desc)} — {outcome.removeprefix('ok ')}",
                     highlight=False, markup=False, soft_wrap=True,

@@ -17,7 +17,6 @@ and :attr:`~llmi.reward.rules.RewardConfig.on_judge_error` decides between dropp
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import logging
@@ -30,6 +29,7 @@ from ..config import Settings
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import ConfigError, InputError, ToolError
 from ..images import ImageData
+from ..images import load_image as _load_user_image
 from ..protocol import CLOSE_TAG, OPEN_TAG, InvalidTag, ParsedResponse, Text, ToolCall, parse_response
 from .judges import JudgeClient, JudgeFailure, JudgeStats, LLMJudge, MLLMJudge
 from .rules import (
@@ -121,32 +121,8 @@ class Sample:
 
 def load_image(ref: Any, base_dir: str | os.PathLike | None = None) -> ImageData:
     """An input image from a path (relative to ``base_dir``), a ``data:`` URI, bytes, a PIL image or
-    an :class:`ImageData`. Raises :class:`InputError` with the reason."""
-    if isinstance(ref, ImageData):
-        return ref
-    try:
-        if isinstance(ref, (bytes, bytearray)):
-            return ImageData.from_bytes(bytes(ref))
-        if isinstance(ref, str):
-            if ref.startswith("data:"):
-                header, _, payload = ref.partition(",")
-                if ";base64" not in header:
-                    raise InputError("a data URI image must be base64-encoded")
-                try:
-                    data = base64.b64decode(payload, validate=True)
-                except ValueError as exc:
-                    raise InputError(f"bad base64 in data URI: {exc}") from exc
-                return ImageData.from_bytes(data)
-            path = ref if base_dir is None or os.path.isabs(ref) else os.path.join(base_dir, ref)
-            try:
-                return ImageData.from_file(path)
-            except OSError as exc:
-                raise InputError(f"cannot read image {ref!r}: {exc.strerror or exc}") from exc
-        if hasattr(ref, "save") and hasattr(ref, "width"):  # a PIL image (TRL vision datasets)
-            return ImageData.from_pil(ref)
-    except ToolError as exc:
-        raise InputError(f"input image {str(ref)[:60]!r} is unusable: {exc}") from exc
-    raise InputError(f"an input image must be a path, a data URI or image bytes, not {type(ref).__name__}")
+    an :class:`ImageData`. Raises :class:`InputError` with the reason (:func:`llmi.images.load_image`)."""
+    return _load_user_image(ref, base_dir=base_dir)
 
 
 def sample_from_row(row: Any, base_dir: str | os.PathLike | None = None) -> Sample:
