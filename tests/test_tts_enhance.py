@@ -109,7 +109,7 @@ async def test_replaced_search_re_runs_the_dependent_edit():
     assert before.slots[1].image.sha256 != after.slots[1].image.sha256
     assert after.slots[1].slot == 1 and after.slots[1].call["source"] == "edit"
     # the re-run is on the bill: one search (the rewrite), one edit (re-run)
-    assert dict(result.cost["enhance"].tool_calls) == {"edit": 1, "search": 1}
+    assert dict(result.costs["enhance"].tool_calls) == {"edit": 1, "search": 1}
     work = {w["slot"]: w for w in result.stage("enhance").detail["work"]}
     assert work[1]["why"] == "unchecked: no image judge"
 
@@ -206,14 +206,14 @@ async def test_diffusion_best_of_k(judge_server):
     w = result.stage("enhance").detail["work"][0]
     assert w["prompts"] == rich and w["scores"] == [0.25, 0.5, 1.0] and w["action"] == "replaced"
     assert result.document.slots[0].params["prompt"] == rich[1]
-    assert dict(result.cost["enhance"].tool_calls) == {"diffusion": 2}
+    assert dict(result.costs["enhance"].tool_calls) == {"diffusion": 2}
 
     # without an image judge nothing can choose: skipped, and no tool call spent
     with SSEServer(policy_script({0: cand}, helpers)) as policy:
         result = await tts("Cat", n=1, settings=settings_for(policy.base_url, tools=DIFF_TOOLS), stages="sample,enhance")
     w = result.stage("enhance").detail["work"][0]
     assert w["action"] == "skipped" and "no image judge" in w["why"]
-    assert result.cost["enhance"].n_tool_calls == 0
+    assert result.costs["enhance"].n_tool_calls == 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,8 +241,8 @@ async def test_reward_selector_runs_every_candidate_and_reuses_the_winners_docum
     assert result.winner == 1 and sel.decided_by == "reward"
     assert sel.final[1] > sel.final[0]
     assert result.stage("execute").detail["reused"]
-    assert dict(result.cost["select"].tool_calls) == {"search": 2} and result.cost["execute"].n_tool_calls == 0
-    assert result.cost["select"].llm_calls == 4  # an LLM and an MLLM judge call per candidate
+    assert dict(result.costs["select"].tool_calls) == {"search": 2} and result.costs["execute"].n_tool_calls == 0
+    assert result.costs["select"].llm_calls == 4  # an LLM and an MLLM judge call per candidate
 
 
 async def test_a_polish_that_loses_an_image_is_discarded():

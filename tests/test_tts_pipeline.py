@@ -111,7 +111,7 @@ async def test_sample_check_select_enhance_polish(judge_server):
     assert doc.to_response().count("<imgen>") == 2
 
     # cost per stage
-    cost = result.cost
+    cost = result.costs
     assert cost["sample"].llm_calls == 4 and cost["sample"].tokens_in == 4 * 9
     assert cost["select"].llm_calls == 2 and cost["select"].tokens_in == 2 * 12  # the judge fake's usage
     assert cost["check"].llm_calls == 0 and cost["check"].n_tool_calls == 0
@@ -252,7 +252,7 @@ async def test_tournament_with_the_policy_as_judge():
     sel = result.selection
     assert result.winner == 1 and sel.decided_by == "tournament"
     assert len(sel.matches) == 3 and all(m.how == "judge" for m in sel.matches)
-    assert result.cost["select"].llm_calls == 6  # N - 1 matches, both orders
+    assert result.costs["select"].llm_calls == 6  # N - 1 matches, both orders
     assert sel.ranking[0] == 1 and sel.ranking[1] == 3  # the final's loser second
 
 
@@ -262,3 +262,37 @@ async def test_generation_style_defaults_n1_is_one_plain_sample():
     assert result.winner == 0 and result.document.text == "Plain text."
     assert result.selection.decided_by == "only candidate"
     assert [s.status for s in result.stages] == ["finished", "finished", "finished", "finished", "finished", "skipped"]
+
+
+async def test_eval_generation_step_and_the_stage_table():
+    """``llmi eval --tts`` calls :func:`llmi.tts.tts` through eval's generation step; the per-stage cost
+    comes back as JSON, and :func:`stage_table` turns many runs (with scores of their snapshots) into the
+    stage-wise gain table."""
+    import json
+
+    from llmi.eval.generate import generate_item
+    from llmi.tts import stage_table
+    from llmi.tts.pipeline import format_stage_table
+
+    cands = {0: "OK-ANSWER a.", 1: "BEST-ANSWER b."}
+    helpers = {"grade": lambda b: graded_by_marker({"BEST-ANSWER": (5, 5)})(b, 0), "polish": lambda b: "NO CHANGES"}
+    with SSEServer(policy_script(cands, helpers)) as policy:
+        settings = settings_for(policy.base_url)
+        gen = await generate_item(Request("Say it"), settings, 2)
+        results = [await tts(Request("Say it"), n=2, settings=settings) for _ in range(2)]
+    assert gen.document.text == "BEST-ANSWER b." and gen.response == "BEST-ANSWER b."
+    json.dumps(gen.info())  # JSON-able for the run folder
+    assert [s["stage"] for s in gen.stages] == ["sample", "check", "select", "execute", "enhance", "polish"]
+    assert next(s for s in gen.stages if s["stage"] == "sample")["llm_calls"] == 2
+
+    scores = [{"execute": 0.5, "enhance": 0.5, "polish": 0.6}, {"execute": 0.7, "enhance": None, "polish": 0.8}]
+    rows = {r["stage"]: r for r in stage_table(results, scores)}
+    assert rows["sample"]["llm_calls"] == 2 and rows["select"]["llm_calls"] == 2 and rows["check"]["llm_calls"] == 0
+    assert rows["execute"]["score"] == pytest.approx(0.6) and rows["execute"]["gain"] is None
+    assert rows["enhance"]["score"] == 0.5 and rows["enhance"]["unscored"] == 1 and rows["enhance"]["runs"] == 2
+    assert rows["polish"]["gain"] == pytest.approx(0.2)
+    table = format_stage_table(list(rows.values()))
+    assert table.splitlines()[0].split() == ["stage", "runs", "cut", "score", "gain", "calls", "tok", "in",
+                                             "tok", "out", "tools", "seconds"]
+    assert len(table.splitlines()) == 2 + 6
+    assert stage_table([r.trace for r in results]) == stage_table(results)  # traces work as well

@@ -88,11 +88,24 @@ class TTSResult:
     snapshots: dict[str, Document]
     budget: dict[str, Any]
     run_id: str = ""
+    #: The policy model that wrote the candidates.
+    model: str = ""
 
     @property
-    def cost(self) -> dict[str, Cost]:
-        """Cost per stage (skipped stages cost nothing and are left out)."""
+    def costs(self) -> dict[str, Cost]:
+        """Cost per stage as :class:`~.cost.Cost` values (skipped stages cost nothing and are left out)."""
         return {s.name: s.cost for s in self.stages if s.status != "skipped"}
+
+    @property
+    def cost(self) -> dict[str, dict[str, Any]]:
+        """Cost per stage in JSON form (``llm_calls``, ``tokens_in``, ``tokens_out``, ``tool_calls`` by
+        source, ``seconds``), for evaluation's per-stage table."""
+        return {name: c.to_dict() for name, c in self.costs.items()}
+
+    @property
+    def response(self) -> str:
+        """The winning candidate's raw response (what was selected, before enhancement and polish)."""
+        return next((c.response for c in self.candidates if c.index == self.winner), "")
 
     @property
     def total(self) -> Cost:
@@ -125,6 +138,7 @@ class TTSResult:
         """Everything decided and why (JSON-able; the documents themselves are not in it)."""
         return {
             "run_id": self.run_id,
+            "model": self.model,
             "winner": self.winner,
             "stages": [s.to_dict() for s in self.stages],
             "candidates": [c.to_dict() for c in self.candidates],
@@ -494,7 +508,7 @@ async def tts(
 
     return TTSResult(document=run.document, stages=run.records, candidates=run.candidates, checks=run.checks,
                      selection=run.selection, winner=winner, snapshots=run.snapshots, budget=meter.to_dict(),
-                     run_id=req.run_id)
+                     run_id=req.run_id, model=getattr(llm, "model", "") or "")
 
 
 def _pos(cands: Sequence[Candidate], index: int) -> int:
