@@ -35,6 +35,10 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "tts":  # a callable package: llmi.tts(request, n=4) runs test-time scaling (docs/tts.md)
+        import importlib
+
+        return importlib.import_module("llmi.tts")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'llmi' has no attribute {name!r}")
