@@ -295,6 +295,17 @@ async def test_ark_request_shape_and_provenance(serve, ctx):
     assert result.image.width == 32
 
 
+async def test_a_runs_seed_reaches_the_service_over_the_configured_one(serve, ctx):
+    import dataclasses
+
+    svc = Service(ark_ok(make_png(32, 32)), ark_ok(make_png(32, 32)))
+    with serve(svc.handle) as base:
+        backend = ark_backend(ctx, base, seed=42)
+        await backend.run(dataclasses.replace(request("一只猫"), seed=7))
+        await backend.run(request("一只猫"))
+    assert [json.loads(r.body)["seed"] for r in svc.requests] == [7, 42]
+
+
 async def test_ark_rate_limit_and_sensitive_content(serve, ctx):
     svc = Service(
         ark_error(429, "RateLimitExceeded.EndpointIPMExceeded", "Your account has exceeded the images per "

@@ -66,4 +66,7 @@ class ArkSeedream(ArkBase):
 
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)
-        return await self.post("images/generations", {"prompt": prompt}, json=self.body(prompt))
+        body = self.body(prompt)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        return await self.post("images/generations", {"prompt": prompt}, json=body)

@@ -99,6 +99,7 @@ class DiffusersText2Image(DiffusersBase):
 
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)
-        image = await self.runner(self.call_kwargs(prompt), seed=self.options.seed)
+        seed = request.seed if request.seed is not None else self.options.seed  # a run's seed wins
+        image = await self.runner(self.call_kwargs(prompt), seed=seed)
         return ToolResult(image=image, provenance={
             "backend": f"{self.tool}.{self.name}", "model": self.options.model_path, "prompt": prompt})

@@ -163,4 +163,7 @@ class QwenImageServer(QwenServerBase):
 
     async def run(self, request: ToolRequest) -> ToolResult:
         prompt = imagegen.require_prompt(request)
-        return await self.call(self.payload(prompt), {"prompt": prompt})
+        payload = self.payload(prompt)
+        if request.seed is not None:
+            payload["seed"] = request.seed
+        return await self.call(payload, {"prompt": prompt})

@@ -30,5 +30,7 @@ class ArkSeedEdit(ArkBase):
         prompt = imagegen.require_prompt(request)
         source = imagegen.require_input_image(request)
         body = {**self.body(prompt), "image": imagegen.data_uri(source)}
+        if request.seed is not None:
+            body["seed"] = request.seed
         provenance = {"prompt": prompt, "input_sha256": source.sha256}
         return await self.post("images/generations", provenance, json=body)

@@ -45,7 +45,7 @@ class DiffusersEdit(DiffusersBase):
         source = imagegen.require_input_image(request)
         pil = source.to_pil()
         kwargs = {**self.call_kwargs(prompt), "image": pil.convert("RGB") if pil.mode != "RGB" else pil}
-        image = await self.runner(kwargs, seed=self.options.seed)
+        image = await self.runner(kwargs, seed=request.seed if request.seed is not None else self.options.seed)
         return ToolResult(image=image, provenance={
             "backend": f"{self.tool}.{self.name}", "model": self.options.model_path, "prompt": prompt,
             "input_sha256": source.sha256})

@@ -35,4 +35,6 @@ class QwenImageEditServer(QwenServerBase):
         source = imagegen.require_input_image(request)
         payload = self.payload(prompt)
         payload["image_b64"] = base64.b64encode(source.data).decode("ascii")
+        if request.seed is not None:
+            payload["seed"] = request.seed
         return await self.call(payload, {"prompt": prompt, "input_sha256": source.sha256})
