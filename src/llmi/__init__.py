@@ -29,6 +29,8 @@ _LAZY = {
     "agenerate": "llmi.generation",
     "stream": "llmi.generation",
     "GenerationError": "llmi.generation",
+    "Request": "llmi.request",
+    "Sampling": "llmi.request",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -57,4 +59,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .generation import GenerationError, agenerate, generate, stream
     from .images import ImageData
     from .protocol import StreamParser, parse_response
+    from .request import Request, Sampling
     from .render import write_document
