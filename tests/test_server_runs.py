@@ -278,3 +278,23 @@ def test_cancel_and_delete(server):
     assert got["status"] == "cancelled"
     assert httpx.delete(server.base_url + f"/api/runs/{info['id']}", timeout=10).status_code == 204
     assert httpx.get(server.base_url + f"/api/runs/{info['id']}", timeout=10).status_code == 404
+
+
+def test_a_run_with_test_time_scaling_reports_its_stages(server):
+    from llmi.server import runs
+
+    if not runs._tts_available():
+        pytest.skip("llmi.tts has no pipeline in this build")
+    events = _run_stream(server.base_url, {"prompt": "owls", "options": {"tts": {"n": 2, "stages": "sample,check"}}})
+    types = [d["type"] for _, d in events]
+    assert "stage" in types and types[-1] == "done", types
+    stages = {d["name"] for _, d in events if d["type"] == "stage"}
+    assert {"sample", "check"} <= stages
+    run_id = events[0][1]["run_id"]
+    assert all(d["run_id"] == run_id for _, d in events)
+    doc = events[-1][1]["document"]
+    assert sum(b["type"] == "image" for b in doc["blocks"]) == 2
+    info = httpx.get(server.base_url + f"/api/runs/{run_id}", timeout=10).json()
+    assert info["kind"] == "tts" and info["status"] == "done"
+    bad = httpx.post(server.base_url + "/api/runs", json={"prompt": "owls", "options": {"tts": {"nn": 2}}})
+    assert bad.status_code == 400

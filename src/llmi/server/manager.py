@@ -333,6 +333,9 @@ class RunManager:
             to_dict = getattr(ev, "to_dict", None)
             d = to_dict() if callable(to_dict) else {k: _plain(v) for k, v in asdict(ev).items()}
         t = d.get("type")
+        if d.get("run_id") and d["run_id"] != run.id:  # a sub-run's event (a candidate of test-time scaling)
+            d["source_run_id"] = d["run_id"]
+        d["run_id"] = run.id
         block = getattr(ev, "block", None) if not isinstance(ev, dict) else None
         if t == "tool_started":
             slot = int(d["index"])

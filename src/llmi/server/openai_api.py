@@ -31,6 +31,7 @@ from .auth import Principal
 from .deps import principal, public_base, run_slot, services, wait_or_disconnect
 from .inputs import ApiError, chat_to_parts, links_to_tags, tag_text
 from .manager import Run, image_name
+from .runs import TTSOptions, _tts_options
 from .view import image_alt, image_link
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -69,6 +70,7 @@ class LlmiChatOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image_num: int | None = Field(None, description="how many images the answer should have (a request constraint)")
     tools: list[str] | None = Field(None, description="the tools the system prompt advertises (subset of the usable ones)")
+    tts: bool | TTSOptions | None = Field(None, description="test-time scaling (see POST /api/runs)")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -262,8 +264,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: P
     req = RunRequest(prompt=parts.prompt, images=tuple(images), history=tuple(parts.history), sampling=sampling,
                      system_prompt=system, image_num=opts.image_num,
                      tools=tuple(opts.tools) if opts.tools is not None else None)
-    run = svc.manager.start(req.run_id, svc.generate_source(req), owner=who.id, kind="chat", prompt=parts.prompt,
-                            background=False, options={"stream": body.stream, "sampling": sampling.to_dict()},
+    tts = _tts_options(opts.tts)
+    run = svc.manager.start(req.run_id, svc.generate_source(req, tts=tts), owner=who.id, kind="chat", prompt=parts.prompt,
+                            background=False, options={"stream": body.stream, "sampling": sampling.to_dict(), "tts": tts},
                             input_images=images, followed=True)
     svc.manager.attach(run)
     base = public_base(request)

@@ -58,12 +58,19 @@ class SamplingBody(BaseModel):
     seed: int | None = None
 
 
+class TTSOptions(BaseModel):
+    """Test-time scaling for this run (unset fields: the ``[tts]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int | None = Field(None, ge=1, le=64, description="candidates sampled in parallel")
+    stages: list[str] | str | None = Field(None, description="stages to run: sample, check, select, enhance, polish")
+    budget: str | dict[str, Any] | None = Field(None, description="e.g. 'calls=40,tool_calls=30,seconds=120'")
+
+
 class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     background: bool = Field(False, description="keep running when nobody follows the run (else cancelled)")
-    tts: bool | dict[str, Any] | None = Field(
-        None, description="test-time scaling: true for the [tts] defaults, or its options (n, budget, stages, ...)"
-    )
+    tts: bool | TTSOptions | None = Field(None, description="test-time scaling: true for the [tts] defaults, or options")
 
 
 class HistoryMessage(BaseModel):
@@ -220,13 +227,13 @@ def _tts_available() -> bool:
         return False
 
 
-def _tts_options(value: bool | dict[str, Any] | None) -> dict[str, Any] | None:
+def _tts_options(value: "bool | TTSOptions | None") -> dict[str, Any] | None:
     if not value:
         return None
     if not _tts_available():
         raise ApiError(400, "test-time scaling (options.tts) is not available in this llmi build: the llmi.tts "
                             "pipeline is not installed", code="tts_unavailable")
-    return dict(value) if isinstance(value, dict) else {}
+    return value.model_dump(exclude_none=True) if isinstance(value, TTSOptions) else {}
 
 
 async def _start_response(request: Request, svc: Services, run: Run, stream: bool):
