@@ -263,6 +263,30 @@ def peft_config(s) -> Any:
                       target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
 
 
+def epoch_seeded_trainer(trl):
+    """``GRPOTrainer`` whose prompt order is a function of (seed, epoch) alone.
+
+    TRL's ``RepeatSampler`` draws each epoch's permutation from one generator stream seeded once, so a
+    run resumed in a later epoch restarts that stream and replays the first epoch's order. The trainer
+    calls ``sampler.set_epoch(epoch)`` at the start of every epoch (also when resuming); reseeding there
+    with ``seed + epoch`` makes a resumed run see exactly the prompts an uninterrupted run would.
+    """
+
+    class EpochSeededSampler(trl.trainer.utils.RepeatSampler):
+        def set_epoch(self, epoch: int) -> None:
+            if self.shuffle and self.seed is not None:
+                self.generator.manual_seed(self.seed + int(epoch))
+
+    class GRPOTrainer(trl.GRPOTrainer):
+        def _get_train_sampler(self, dataset=None):
+            sampler = super()._get_train_sampler(dataset)
+            if type(sampler) is trl.trainer.utils.RepeatSampler:
+                sampler.__class__ = EpochSeededSampler
+            return sampler
+
+    return GRPOTrainer
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -297,7 +321,7 @@ def run_trl(p: Plan) -> TrainResult:
     reward = TrainingReward(req.settings, p.reward, impute=p.resolved.llmi.impute, execute=req.execute)
     outputs = RunOutputs(reward, out, samples_every=p.resolved.llmi.samples_every,
                          samples_per_page=p.resolved.llmi.samples_per_page)
-    trainer = trl.GRPOTrainer(
+    trainer = epoch_seeded_trainer(trl)(
         model=req.model,
         reward_funcs=[reward],
         args=args,
