@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import app
-from .common import console, errors_as_exit, info, load, setup_logging
+from .common import console, errors_as_exit, info, load, setup_logging, warn
 
 _STYLE = {
     "ok": "green",
@@ -55,6 +55,33 @@ async def _probe(engine, tool: str, name: str):
         return BackendStatus("unreachable", f"no answer within {PROBE_TIMEOUT_S:.0f} s")
     except Exception as exc:  # a probe must never take doctor down
         return BackendStatus("unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
+def cjk_font_status() -> tuple[bool, str, str]:
+    """``(ok, line, advice)``: which font Chinese, Japanese and Korean text in charts gets — the same lookup
+    the chart worker makes (:func:`llmi.tools.code.worker.find_cjk_font`) — or that it falls back to boxes,
+    with how to fix that."""
+    try:
+        import matplotlib
+
+        from ..tools.code.worker import find_cjk_font
+    except ImportError as exc:
+        return False, "chart fonts: cannot check (matplotlib is missing)", f"{exc}; pip install 'llmi[code]'"
+    found = find_cjk_font()
+    if found is not None:
+        return True, f"chart fonts: DejaVu Sans; CJK text: {found[0]}", ""
+    return False, "no CJK font: Chinese, Japanese, Korean text in charts renders as boxes", (
+        "examples/tutorial_zh.txt needs one. Install one (Debian/Ubuntu: apt-get install fonts-noto-cjk; "
+        "Fedora: google-noto-sans-cjk-fonts; macOS, Windows: Noto Sans CJK), then delete matplotlib's font "
+        f"cache, {matplotlib.get_cachedir()}/fontlist-*.json, so that matplotlib finds it."
+    )
+
+
+def _chart_fonts() -> None:
+    ok, line, advice = cjk_font_status()
+    (info if ok else warn)(line)
+    if advice:
+        console.print(Text(advice), overflow="fold")  # wraps at the terminal's width, a path included
 
 
 def _table(title: str) -> Table:
@@ -144,6 +171,7 @@ async def _doctor(settings, probe: bool, config: Path | None) -> None:
         info("usable tools: " + (", ".join(usable) or "none")
              + (" (after probing)" if probe else "; --probe also contacts the services"))
 
+    _chart_fonts()
     try:
         from ..tools.code.sandbox import sandbox_report
     except ImportError as exc:

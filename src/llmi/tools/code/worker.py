@@ -119,24 +119,43 @@ def parse_child_output(buf: bytes) -> tuple[dict[str, Any], bytes] | None:
 # -- fonts and warm-up -------------------------------------------------------------------------------------
 
 
+#: What the chart tool says when it has no CJK font (``llmi doctor`` says the same).
+NO_CJK_FONT = "DejaVu Sans (no CJK font found: install fonts-noto-cjk; CJK text renders as boxes)"
+
+
+def find_cjk_font(fonts: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """The CJK-capable family charts fall back to, and its file: the first of :data:`CJK_FONTS` that
+    matplotlib's font manager knows, else any family with "CJK" in its name; ``None`` when there is none
+    (Chinese, Japanese and Korean text then renders as boxes). ``fonts`` maps family to file (default:
+    matplotlib's font list); used by the worker and by ``llmi doctor``, so both say the same."""
+    if fonts is None:
+        from matplotlib import font_manager
+
+        fonts = {}
+        for f in font_manager.fontManager.ttflist:  # the regular face's file, if the family has one
+            if f.name not in fonts or (f.weight in (400, "normal", "regular") and f.style == "normal"):
+                fonts[f.name] = f.fname
+    cjk = next((n for n in CJK_FONTS if n in fonts), None)
+    if cjk is None:
+        cjk = next((n for n in sorted(fonts) if "CJK" in n), None)
+    return None if cjk is None else (cjk, fonts[cjk])
+
+
 def choose_font() -> tuple[str, str | None]:
     """Configure matplotlib's sans-serif list with a CJK fallback. Returns (description, font file dir)."""
     import matplotlib
-    from matplotlib import font_manager
 
-    names = {f.name: f.fname for f in font_manager.fontManager.ttflist}
-    cjk = next((n for n in CJK_FONTS if n in names), None)
-    if cjk is None:
-        cjk = next((n for n in sorted(names) if "CJK" in n), None)
+    found = find_cjk_font()
     default = list(matplotlib.rcParams["font.sans-serif"])
-    if cjk is None:
-        return ("DejaVu Sans (no CJK font found: install fonts-noto-cjk; CJK text renders as boxes)", None)
+    if found is None:
+        return (NO_CJK_FONT, None)
+    cjk, path = found
     # DejaVu first keeps Latin text looking as usual; matplotlib falls back glyph by glyph (>= 3.6).
     # Glyph-by-glyph fallback (matplotlib >= 3.6) walks font.family, not a generic family's list.
     matplotlib.rcParams["font.family"] = ["DejaVu Sans", cjk]
     matplotlib.rcParams["font.sans-serif"] = ["DejaVu Sans", cjk] + [n for n in default if n not in ("DejaVu Sans", cjk)]
     matplotlib.rcParams["axes.unicode_minus"] = False
-    return (f"DejaVu Sans + {cjk}", os.path.dirname(os.path.realpath(names[cjk])))
+    return (f"DejaVu Sans + {cjk}", os.path.dirname(os.path.realpath(path)))
 
 
 WARM_UP_CODE = """\
