@@ -227,3 +227,27 @@ def test_decode_payload_keeps_its_meaning():
 def test_invalid_tags_carry_no_lenient_violation():
     r = parse_response('<imgen>```json\n{"source": "video", "description": "d", "params": {}}\n```</imgen>')
     assert [v.kind for v in r.violations] == ["invalid_tag"]
+
+
+# ---------------------------------------------------------------- differential check against the release's rule
+
+
+def test_release_parity_benchmark_agrees_on_every_family_not_documented(capsys):
+    """benchmarks/release_parity.py re-states the release's tag rule; outside the documented families
+    llmi's default reward validity must agree with it on every generated response."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "release_parity.py"
+    spec = importlib.util.spec_from_file_location("release_parity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv, sys.argv = sys.argv, ["release_parity.py", "--per-family", "60", "--seed", "11"]
+    try:
+        rc = module.main()
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "all families not documented" in out and "100.0%" in out.split("all families not documented")[1]

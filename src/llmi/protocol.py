@@ -43,6 +43,7 @@ import enum
 import json
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
@@ -376,6 +377,15 @@ def _unfence(text: str) -> str | None:
 _LITERAL_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
 
 
+def _literal(text: str) -> Any:
+    """``ast.literal_eval`` without its warnings: an escape Python does not know (``'C:\\dir'``) is model
+    output to read, not source code to lint, and would print a SyntaxWarning per tag on Python 3.12."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.literal_eval(text)
+
+
 def _strict(text: str) -> tuple[bool, Any, list[Exception]]:
     """Strict JSON, a Python literal, or the release's code layout — the readings the release accepts."""
     errors: list[Exception] = []
@@ -384,7 +394,7 @@ def _strict(text: str) -> tuple[bool, Any, list[Exception]]:
     except (ValueError, RecursionError) as exc:
         errors.append(exc)
     try:
-        return True, ast.literal_eval(text), errors
+        return True, _literal(text), errors
     except _LITERAL_ERRORS as exc:
         errors.append(exc)
     code = _release_code_form(text)
@@ -407,7 +417,7 @@ def _raw_newlines(text: str) -> tuple[bool, Any]:
     except (ValueError, RecursionError):
         pass
     try:
-        return True, ast.literal_eval(escaped)
+        return True, _literal(escaped)
     except _LITERAL_ERRORS:
         return False, None
 
