@@ -98,7 +98,7 @@ async def test_a_pre_executed_document_does_not_count_images_of_lenient_slots():
     assert (r.n_valid_tags, r.n_images) == (2, 1)  # search only: the edit built on the lenient chart
     assert r.r_attempt == pytest.approx((0.2 + 0.3) / 0.9) and r.r_success == pytest.approx(0.2 / 0.9)
     r = await score(sample, RewardConfig(lenient_tags=True))
-    assert (r.n_valid_tags, r.n_images, r.r_success) == (3, 3, 1.0)
+    assert (r.n_valid_tags, r.n_images) == (3, 3) and r.r_success == pytest.approx(1.0)
 
 
 @pytest.fixture
