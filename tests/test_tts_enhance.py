@@ -274,3 +274,21 @@ async def test_polish_sees_what_each_image_shows_and_no_changes_is_cheap():
     assert "title: lighthouse rocky coast" in seen["text"] and seen["images"] == 1
     assert result.stage("polish").detail["result"] == "no changes needed"
     assert result.document.text == "Intro.\n\nEnd."
+
+
+async def test_a_polishing_model_that_fails_leaves_the_document_as_it_was():
+    from tests.sse_server import Script
+    from tests.tts_fakes import helper_of
+
+    cand = "Intro.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nEnd."
+    base = policy_script({0: cand})
+
+    def script(n, body):
+        return Script(status=401) if helper_of(body) == "polish" else base(n, body)
+
+    with SSEServer(script) as policy:
+        result = await tts("Coast", n=1, settings=settings_for(policy.base_url), stages="sample,polish")
+    d = result.stage("polish").detail
+    assert result.stage("polish").status == "finished" and d["result"] == "kept the original"
+    assert "the polishing model failed: llm_error" in d["why"] and "401" in d["why"]
+    assert result.document.text == "Intro.\n\nEnd."

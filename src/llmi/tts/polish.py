@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..images import ImageData
 from ..reward.judges import load_prompt, marker_code, strip_reasoning
-from .calls import Chat
+from .calls import Chat, ChatFailure
 
 NO_CHANGES = "NO CHANGES"
 _MARKER = re.compile(r"\[\[\s*IMAGE\s+(\d+)\s*\]\]", re.IGNORECASE)
@@ -126,10 +126,13 @@ async def polish(doc: Document, chat: Chat, question: str, *, send_images: bool 
         images = [b.image for b in doc.slots if isinstance(b, ImageBlock)]
     with_images = bool(images)
     msgs = polish_messages(question, doc, with_images=with_images)
-    reply = await chat.ask(msgs, lambda r: r, images=images, max_tokens=max_tokens)
-    rw = verify(reply, doc)
     detail: dict[str, Any] = {"model": chat.name, "images_sent": len(images),
                               "failed_slots": sum(isinstance(b, FailureBlock) for b in doc.slots)}
+    try:
+        reply = await chat.ask(msgs, lambda r: r, images=images, max_tokens=max_tokens)
+    except ChatFailure as exc:  # the model failed for good: the document as it was is still the answer
+        return doc, {**detail, "result": "kept the original", "why": f"the polishing model failed: {exc.reason}"}
+    rw = verify(reply, doc)
     if rw.unchanged:
         return doc, {**detail, "result": "no changes needed"}
     if rw.refused:
