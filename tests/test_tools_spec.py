@@ -72,17 +72,28 @@ def test_config_defaults_come_from_the_table():
     assert s.tools["code"].backends == ["sandbox"] and s.tools["search"].backends == ["local"]
 
 
+#: Where a dict keyed by the four tools would be a second copy of the table (what the table holds: params,
+#: prompts, credits, reward weights, default settings). Feature packages may keep per-tool tables of their
+#: own (how test-time scaling improves each tool's result) — but not a second list of the names.
+CORE = ("protocol.py", "prompting.py", "config.py", "engine.py", "document.py", "render/", "reward/", "tools/")
+
+
 def test_no_module_outside_the_table_lists_the_four_tools():
-    """A tuple, list, set or dict naming all four tools outside ``tools/spec.py`` is a second table."""
+    """A tuple, list or set naming all four tools outside ``tools/spec.py`` is a second list of them (use
+    ``SOURCES``); a dict keyed by them in a core module is a second table (add a field to ``ToolSpec``)."""
     names = set(SOURCES)
     offenders = []
     for path in SRC.rglob("*.py"):
-        if path.name == "spec.py" and path.parent.name == "tools":
+        rel = path.relative_to(SRC).as_posix()
+        if rel == "tools/spec.py":
             continue
+        core = rel.startswith(CORE)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
+            if isinstance(node, ast.Dict) and not core:
+                continue
             if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)) and items:
                 found = {i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)}
                 if names <= found:
-                    offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+                    offenders.append(f"{rel}:{node.lineno}")
     assert offenders == []
