@@ -65,7 +65,8 @@ def reward_function(
 
     A dropped sample returns ``None``. TRL nan-sums reward functions; before TRL masked them itself
     (it does in 1.16), a row where *every* function returned ``None`` became reward 0, so for those
-    versions use ``impute="group_mean"``: the row gets the mean of its group (advantage 0). A missing
+    versions use ``impute="group_mean"``: the row gets the mean of its group (advantage 0); ``impute=None``
+    takes it from the ``[reward]`` table (default ``"none"``), as ``config=None`` takes the reward's knobs. A missing
     ``image_num`` column is an error (its default would be "any count"); a bad cell (``None``, a
     string of tools) makes that row an input error. The judges are required: ``judges=False`` is
     refused because every reward would be ``None``. Component scores go to ``log_metric``
