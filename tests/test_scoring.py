@@ -304,8 +304,14 @@ async def test_trl_reward_function_drop_and_group_mean(judge_server):
         imputed_fn = reward_function(settings_for(url, retries=0), impute="group_mean")
         imputed = await imputed_fn(prompts=prompts, completions=completions, image_num=[0, 0, 0], tools=[[], [], []])
         await imputed_fn.aclose()
+        from_table = settings_for(url, retries=0)
+        from_table.reward.impute = "group_mean"  # [reward] impute = "group_mean" in the config file
+        table_fn = reward_function(from_table)
+        by_table = await table_fn(prompts=prompts, completions=completions, image_num=[0, 0, 0], tools=[[], [], []])
+        await table_fn.aclose()
     assert raw[1] is None and raw[0] is not None
     assert imputed[1] == pytest.approx((imputed[0] + imputed[2]) / 2)
+    assert by_table == pytest.approx(imputed)
 
 
 def test_impute_group_mean_keeps_none_for_all_failed_groups():
