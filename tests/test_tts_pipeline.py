@@ -169,6 +169,7 @@ async def test_seconds_budget_cuts_sampling_and_keeps_the_candidates_that_finish
     assert [c.index for c in result.candidates] == [0]
     assert result.document.text == "Quick answer with no picture."
     assert "seconds" in result.budget["exhausted"]
+    assert result.stage("check").status == "finished"  # free: the clock does not cut it
 
 
 async def test_a_budget_without_a_single_call_is_an_error():
@@ -296,3 +297,63 @@ async def test_eval_generation_step_and_the_stage_table():
                                              "tok", "out", "tools", "seconds"]
     assert len(table.splitlines()) == 2 + 6
     assert stage_table([r.trace for r in results]) == stage_table(results)  # traces work as well
+
+
+async def test_fewer_samples_when_the_budget_allows_fewer_calls():
+    cands = {0: "First.", 1: "Second."}
+    with SSEServer(policy_script(cands)) as policy:
+        result = await tts("p", n=4, budget="calls=2", settings=settings_for(policy.base_url), stages="sample,check,select")
+    rec = result.stage("sample")
+    assert rec.status == "cut" and rec.detail["reduced_by_budget"] == 2 and rec.detail["sampled"] == 2
+    assert len(policy.requests) == 2
+    assert result.stage("select").status == "cut"  # no call left for the judge (the policy): the check decides
+    assert result.selection.decided_by == "check (the budget ran out before a candidate was judged)"
+    assert result.budget["exhausted"] == ["calls"]
+
+
+async def test_tool_call_budget_leaves_the_refused_slots_in_place():
+    cand = ("One.\n" + tag("search", LIGHTHOUSE, query="lighthouse") + "\nTwo.\n"
+            + tag("search", "A red bicycle", query="red bicycle") + "\nEnd.")
+    with SSEServer(policy_script({0: cand})) as policy:
+        result = await tts("p", n=1, budget="tool_calls=1", settings=settings_for(policy.base_url),
+                           stages="sample,enhance")
+    doc = result.document
+    assert isinstance(doc.slots[0], ImageBlock)
+    assert isinstance(doc.slots[1], FailureBlock) and doc.slots[1].kind == "budget"
+    assert "budget exhausted (tool_calls)" in doc.slots[1].reason
+    assert result.stage("execute").status == "cut" and result.stage("execute").detail["resource"] == "tool_calls"
+    assert result.budget["used"]["tool_calls"] == 1
+    assert doc.to_response().count("<imgen>") == 2  # the refused tag is still there, ready to run later
+
+
+async def test_a_token_budget_is_never_exceeded():
+    cands = {0: "First answer, short.", 1: "Second answer.", 2: "Third."}
+    helpers = {"grade": lambda b: "Text: 4\nImage: 4", "pairwise": lambda b: "Winner: A"}
+    with SSEServer(policy_script(cands, helpers)) as policy:
+        settings = settings_for(policy.base_url)
+        settings.llm.max_tokens = 600
+        result = await tts("p", n=3, budget="tokens=4000", settings=settings, stages="sample,check,select")
+    used = result.budget["used"]["tokens"]
+    assert 0 < used <= 4000
+    assert "tokens" in result.budget["exhausted"]
+    # every request that was sent asked for no more reply tokens than the budget had left
+    assert all(r.get("max_tokens", 10**9) <= 4000 for r in policy.requests)
+    assert result.cut  # something had to give
+
+
+async def test_a_judge_that_is_not_configured_is_refused_before_sampling():
+    from llmi.errors import ConfigError
+
+    with SSEServer(policy_script({0: "x"})) as policy:
+        settings = settings_for(policy.base_url, tts={"judge": "llm_judge"})
+        with pytest.raises(ConfigError, match=r"\[tts\] judge asks for \[llm_judge\]"):
+            await tts("p", n=2, settings=settings)
+        assert policy.requests == []
+
+
+async def test_llmi_tts_is_callable_from_the_package():
+    import llmi
+
+    with SSEServer(policy_script({0: "Plain."})) as policy:
+        result = await llmi.tts("p", n=1, settings=settings_for(policy.base_url), stages="sample")
+    assert result.document.text == "Plain." and llmi.tts.Budget.parse("calls=1").calls == 1

@@ -198,9 +198,14 @@ class Meter:
         left = self.seconds_left()
         return left is not None and left <= 0
 
-    def _refuse(self, resource: str, message: str) -> BudgetExhausted:
+    def note(self, resource: str) -> str:
+        """Record that ``resource`` ran out (when something was held back without a refusal); returns it."""
         if resource not in self.exhausted:
             self.exhausted.append(resource)
+        return resource
+
+    def _refuse(self, resource: str, message: str) -> BudgetExhausted:
+        self.note(resource)
         return BudgetExhausted(resource, f"budget exhausted ({resource}): {message}")
 
     # -- granting -----------------------------------------------------------------------------------

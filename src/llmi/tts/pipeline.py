@@ -192,7 +192,7 @@ class _Run:
 
     # -- stage runner ---------------------------------------------------------------------------------
     async def stage(self, name: str, work: Callable[[], Any], *, enabled: bool = True,
-                    skip_why: str = "switched off") -> StageRecord:
+                    skip_why: str = "switched off", deadline: bool = True) -> StageRecord:
         rec = StageRecord(name, "finished")
         if not enabled:
             rec.status, rec.detail = "skipped", {"why": skip_why}
@@ -201,7 +201,7 @@ class _Run:
             return rec
         self.emit(name, "started")
         t0 = time.perf_counter()
-        left = self.meter.seconds_left()
+        left = self.meter.seconds_left() if deadline else None
         try:
             with charging(rec.cost):
                 if left is None:
@@ -340,6 +340,7 @@ async def tts(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     meter = Meter(Budget.parse(cfg.budget if budget is None else budget))
+    _check_setup(cfg, settings, wanted)
     images = load_images(list(req.images), max_pixels=settings.images.max_pixels)
     constraints = Constraints.of(req)
     question = req.prompt
@@ -403,7 +404,7 @@ async def tts(
                 d["all_failed"] = True
             return d
 
-        await run.stage("check", do_check, enabled="check" in run.enabled)
+        await run.stage("check", do_check, enabled="check" in run.enabled, deadline=False)  # free: never cut
         if "check" not in run.enabled:
             run.kept = [c.index for c in ok]
             run.penalties = {}
@@ -509,6 +510,21 @@ async def tts(
     return TTSResult(document=run.document, stages=run.records, candidates=run.candidates, checks=run.checks,
                      selection=run.selection, winner=winner, snapshots=run.snapshots, budget=meter.to_dict(),
                      run_id=req.run_id, model=getattr(llm, "model", "") or "")
+
+
+def _check_setup(cfg: TTSSettings, settings: "Settings", stages: Sequence[str]) -> None:
+    """Refuse, before anything is paid for, a setup that names a model which is not configured."""
+    wanted: list[tuple[str, str]] = []
+    if "select" in stages and cfg.judge == "llm_judge":
+        wanted.append(("llm_judge", "[tts] judge"))
+    if "polish" in stages and cfg.polish_model != "policy":
+        wanted.append((cfg.polish_model, "[tts] polish_model"))
+    if "enhance" in stages and cfg.enhance.image_judge == "mllm_judge":
+        wanted.append(("mllm_judge", "[tts.enhance] image_judge"))
+    for section, field_ in wanted:
+        if not getattr(settings, section).base_url:
+            raise ConfigError(f"{field_} asks for [{section}], which has no base_url; set [{section}] base_url "
+                              f"or choose another model for it")
 
 
 def _pos(cands: Sequence[Candidate], index: int) -> int:

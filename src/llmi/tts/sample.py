@@ -91,6 +91,7 @@ async def sample(
         raise BudgetExhausted(meter.exhausted[-1] if meter.exhausted else "calls",
                               "budget exhausted: no LLM call left to sample a candidate")
     cands = [Candidate(i, t, s) for i, (t, s) in enumerate(plan[:granted])]
+    refused: list[str] = []
 
     async def one(c: Candidate) -> None:
         t0 = time.perf_counter()
@@ -103,6 +104,7 @@ async def sample(
                 c.response, c.finish_reason = reply.raw, reply.finish_reason
             except BudgetExhausted as exc:
                 c.error = str(exc)
+                refused.append(exc.resource)
             except LLMError as exc:
                 c.error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -118,6 +120,11 @@ async def sample(
                               "failed": {c.index: c.error for c in out if not c.ok}}
     if granted < len(plan):
         detail["reduced_by_budget"] = len(plan) - granted
+        detail["_cut"] = meter.note("seconds" if meter.seconds_left() == 0 else "calls")
+    if refused:  # some calls were refused (a token budget): the stage is cut, the finished ones stay
+        detail["_cut"] = refused[0]
+    if not ok and refused:
+        raise BudgetExhausted(refused[0], f"budget exhausted ({refused[0]}): no candidate could be sampled")
     if not ok:
         first = next((c.error for c in out if c.error), "no candidate")
         raise LLMError(f"every candidate failed; the first: {first}")

@@ -308,7 +308,8 @@ async def select_by_judge(chat: Chat, pool: Pool, *, tie_break: str = "pairwise"
     ranking = rank(final, pool.penalties)
     sel = Selection(winner=ranking[0], ranking=ranking, final=final, parts=parts, failures=failures, cut=cut)
     if all(v is None for v in final.values()):
-        sel.decided_by = "check (no candidate could be judged)"
+        sel.decided_by = ("check (the budget ran out before a candidate was judged)" if cut
+                          else "check (no candidate could be judged)")
         return sel
     sel.decided_by = "judge" + (f" ({len(failures)} unjudged)" if failures else "")
     sel.ties = top_ties(final, ranking)
