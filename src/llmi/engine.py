@@ -13,7 +13,12 @@ finished response or as an LLM streams it — and starts each tool call the mome
 * successful results are cached by content (tool, backend, output-shaping settings, params, input image).
 
 A tool failure is a :class:`~llmi.document.FailureBlock`, never an exception: whatever fails, the other
-images and the text are kept, and each tag keeps its slot.
+images and the text are kept, and each tag keeps its slot (blocks record their ``slot`` and ``call``).
+
+The session is the one source of a run's events (:mod:`llmi.events`): ``generate``, ``render`` and the
+reward all run responses through it. A session's ``seed`` goes to every generative call (diffusion,
+edit) and into their cache key. :meth:`Engine.replace_slot` edits a finished document: one slot gets a
+new call (or block) and the edits that depend on it, through chains, are run again.
 """
 
 from __future__ import annotations

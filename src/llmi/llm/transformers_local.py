@@ -57,6 +57,12 @@ class TransformersLLM(LLMBackend):
         return str(self.path or "")
 
     @property
+    def starts_in_think(self) -> bool:
+        # A template that opens <think> in the prompt is detected per call and "<think>" is yielded first,
+        # so the stream itself always shows where reasoning starts.
+        return False
+
+    @property
     def is_vlm(self) -> bool:
         return self.path is not None and any((self.path / f).is_file() for f in _PROCESSOR_FILES)
 
