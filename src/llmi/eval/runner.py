@@ -260,7 +260,12 @@ class ItemWorker:
                     "judge_s": round(time.perf_counter() - t1, 3), "item_s": round(time.perf_counter() - t0, 3)})
         if info.get("stages"):
             row["stages"] = info["stages"]
+        row["worker"] = _WORKER
         return row
+
+
+#: Which process finished an item (``host:pid``): one value locally, one per actor with ``--ray``.
+_WORKER = f"{__import__('socket').gethostname()}:{__import__('os').getpid()}"
 
 
 def eval_judge_settings(settings: Any) -> Any:
@@ -354,7 +359,9 @@ async def run_eval(settings: Any, cfg: EvalConfig, *, on_progress: ProgressFn | 
         if cfg.ray:
             from .distributed import RayItems
 
-            async with RayItems(settings, cfg, workers=cfg.ray_workers) as pool:
+            if cfg.judge and bench.needs_judge:
+                eval_judge_settings(settings)
+            async with RayItems(settings, cfg, workers=cfg.ray_workers, imported=imported) as pool:
                 async def work(item_id: Any, item: Item) -> dict[str, Any]:
                     row = await pool.process(item)
                     scores.add(row.get("score"))
@@ -363,7 +370,7 @@ async def run_eval(settings: Any, cfg: EvalConfig, *, on_progress: ProgressFn | 
                 batch = await run_batch(((i.id, i) for i in items), work, run.results, concurrency=pool.in_flight,
                                         retry_errors=cfg.retry_errors, on_event=report_progress, total=len(items),
                                         redo=redo)
-                cost_run = pool.cost()
+            cost_run = pool.cost()
         else:
             async with ItemWorker(settings, cfg, bench, run, imported, judge=judge, llm=llm, engine=engine) as worker:
                 judge_cap = eval_judge_settings(settings).concurrency if worker.judging and judge is None else 4
