@@ -251,6 +251,14 @@ def test_a_background_run_survives_its_client_and_a_restart_keeps_documents(llm,
         with httpx.stream("GET", srv.base_url + f"/api/runs/{run_id}/events", timeout=10) as s:
             replay = [d["type"] for _, _, d in sse_events(s)]
         assert replay[0] == "run_started" and replay[-1] == "done"
+        # An answer from before the restart, sent back as history, reaches the model as its tags again.
+        link = f"![A barn owl]({srv.base_url}/images/{run_id}/slot-0?sig={token})"
+        r = httpx.post(srv.base_url + "/v1/chat/completions", timeout=30, json={"model": "llmi", "messages": [
+            {"role": "user", "content": "owls"}, {"role": "assistant", "content": f"Owls.\n\n{link}\n\nBye."},
+            {"role": "user", "content": "more"}]})
+        assert r.status_code == 200
+        assistant = llm.requests[-1]["messages"][2]["content"]
+        assert assistant.startswith("Owls.") and '"query": "barn owl"' in assistant and "/images/" not in assistant
 
 
 def test_a_run_cut_by_a_restart_is_marked_interrupted(tmp_path):

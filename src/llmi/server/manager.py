@@ -229,9 +229,7 @@ class RunManager:
         run = Run(run_id, owner=owner, kind=kind, prompt=prompt, background=background, options=options,
                   token=self.token_for(run_id), input_images=input_images)
         self.live[run.id] = run
-        self.store.put(run.record())
-        if input_images:
-            self.store.save_inputs(run.id, input_images)
+        self.store.put(run.record())  # indexed at once: a restart marks it interrupted
         run.task = asyncio.ensure_future(self._drive(run, source))
         if not followed and not background:
             self._schedule_cancel(run, self.server.detach_grace_s)
@@ -315,6 +313,8 @@ class RunManager:
 
     async def _save(self, run: Run) -> None:
         try:
+            if run.input_images:
+                await asyncio.to_thread(self.store.save_inputs, run.id, run.input_images)
             if run.document is not None:
                 await asyncio.to_thread(self.store.save_document, run.id, run.document, events=run.events)
             else:

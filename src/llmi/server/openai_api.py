@@ -181,6 +181,18 @@ class ChatTranslator:
         return None
 
 
+def stored_tag(block: dict[str, Any]) -> str | None:
+    """The tag a stored slot (its JSON) was written as: its call, or the payload of an invalid tag."""
+    call = block.get("call")
+    if isinstance(call, dict) and call.get("source"):
+        return tag_text(str(call["source"]), str(call.get("description") or ""), dict(call.get("params") or {}))
+    if block.get("raw"):
+        return f"<imgen>{block['raw']}</imgen>"
+    if block.get("tool"):
+        return tag_text(str(block["tool"]), str(block.get("description") or ""), dict(block.get("params") or {}))
+    return None
+
+
 def _usage(run: Run) -> dict[str, int] | None:
     usage = run.usage if run.usage is not None else getattr(run.trace, "usage", None)
     if not isinstance(usage, dict):
@@ -203,6 +215,7 @@ def _llmi_info(run: Run, base: str) -> dict[str, Any]:
 def _restorer(request: Request):
     """Our image links in earlier answers back to the tags the model wrote (links signed by this server)."""
     svc = services(request)
+    stored: dict[str, list[dict[str, Any]]] = {}  # run id -> its stored slots, read once per request
 
     def tag_for(run_id: str, slot: int, sig: str) -> str | None:
         if not svc.manager.token_ok(run_id, sig):
@@ -216,13 +229,15 @@ def _restorer(request: Request):
             if (c.get("source") in (None, "unknown")) and "raw" in params:
                 return f"<imgen>{params['raw']}</imgen>"
             return tag_text(c.get("source") or "unknown", c.get("description") or "", params)
-        try:
-            doc = svc.store.load_document(run_id)
-        except Exception:  # noqa: BLE001 - an unreadable old document: keep the link as written
+        slots = stored.get(run_id)
+        if slots is None:
+            try:
+                slots = stored[run_id] = svc.store.slot_json(run_id) or []
+            except (OSError, ValueError):  # an unreadable old document: keep the link as written
+                slots = stored[run_id] = []
+        if slot >= len(slots):
             return None
-        if doc is None or slot >= len(doc.slots):
-            return None
-        return Document(blocks=[doc.slots[slot]]).to_response()
+        return stored_tag(slots[slot])
 
     return lambda text: links_to_tags(text, tag_for)
 

@@ -82,7 +82,8 @@ class HistoryMessage(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1)
-    images: list[str] = Field(default_factory=list, description="data: URIs or base64 (PNG, JPEG, GIF, WEBP, BMP)")
+    images: list[str] = Field(default_factory=list, description="data: URIs, base64, or http(s) URLs (fetched through "
+                                                                "the safe fetcher); PNG, JPEG, GIF, WEBP, BMP")
     history: list[HistoryMessage] = Field(default_factory=list, description="earlier turns")
     sampling: SamplingBody | None = None
     image_num: int | None = None
@@ -286,7 +287,8 @@ async def create_run(body: RunCreate, request: Request, who: Principal = Depends
     if len(body.prompt) + sum(len(m.content) for m in body.history) > srv.max_prompt_chars:
         raise ApiError(413, f"the prompt is longer than {srv.max_prompt_chars} characters", code="request_too_large")
     tts = _tts_options(body.options.tts)
-    images = await svc.load_images([("data", v) for v in body.images])
+    images = await svc.load_images([("url" if v.startswith(("http://", "https://")) else "data", v)
+                                    for v in body.images])
     sampling = Sampling(**body.sampling.model_dump()) if body.sampling else Sampling()
     req = RunRequest(prompt=body.prompt, images=tuple(images), history=tuple(m.model_dump() for m in body.history),
                      sampling=sampling, image_num=body.image_num,
@@ -434,7 +436,7 @@ async def get_slot(run_id: str, slot: int, request: Request, who: Principal = De
     block = await _slot_block(svc, rec, slot, wait=False)
     if block is None:
         raise ApiError(409, "the slot's tool has not finished", code="not_finished")
-    n_inputs = len(rec.input_images) if isinstance(rec, Run) else len(svc.store.load_inputs(run_id))
+    n_inputs = len(rec.input_images) if isinstance(rec, Run) else svc.store.count_inputs(run_id)
     return HtmlPart(html=slot_html(block, svc.manager.image_path(run_id, image_name(slot)),
                                    index=n_inputs + slot if n_inputs or block.tool == "edit" else None))
 
@@ -523,11 +525,15 @@ async def _slot_block(svc: Services, rec: Run | RunRecord, slot: int, *, wait: b
             return await asyncio.wait_for(asyncio.shield(fut), svc.server.image_wait_s)
         except asyncio.TimeoutError:
             return None
-    doc = await asyncio.to_thread(svc.store.load_document, rec.id)
-    slots = slot_blocks(doc) if doc is not None else []
+    slots = await asyncio.to_thread(svc.store.slot_json, rec.id) or []
     if slot >= len(slots):
         raise ApiError(404, "no such image", code="not_found")
-    return slots[slot]
+    b = slots[slot]
+    if b.get("type") == "image":  # read the image only when it is asked for
+        doc = await asyncio.to_thread(svc.store.load_document, rec.id)
+        return slot_blocks(doc)[slot] if doc is not None else None
+    return FailureBlock(str(b.get("tool") or "unknown"), str(b.get("reason") or ""), str(b.get("kind") or "tool_error"),
+                        str(b.get("description") or ""))
 
 
 @images_router.get("/images/{run_id}/{name}", summary="An image of a run (waits until it is ready)",

@@ -265,6 +265,18 @@ class Store:
         doc.input_images = self.load_inputs(run_id)
         return doc
 
+    def slot_json(self, run_id: str) -> list[dict[str, Any]] | None:
+        """The JSON of the stored document's slots (no image is decoded), or None without a document."""
+        try:
+            d = json.loads((self.run_dir(run_id) / "document.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return [b for b in d.get("blocks", []) if isinstance(b, dict) and b.get("type") != "text"]
+
+    def count_inputs(self, run_id: str) -> int:
+        folder = self.run_dir(run_id) / "inputs"
+        return sum(1 for p in folder.iterdir() if p.name.startswith("input-")) if folder.is_dir() else 0
+
     def image_file(self, run_id: str, name: str) -> Path | None:
         """``slot-<n>`` or ``input-<i>``: the stored file, whatever its extension."""
         if not re.match(r"^(slot|input)-\d+$", name):
