@@ -367,3 +367,46 @@ async def test_llmi_test_run_reports_reward_components(tmp_path):
     s_llm = ((1.4 * 5 + 0.6 * 3) / 2 - 1) / 4
     rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()}
     assert rows["1"]["score"] == pytest.approx(0.2 + 0.3 * 0.75 + 0.5 * s_llm, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# --tts: generation through llmi.tts, the score after each stage
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_tts_hook_judges_each_stage(tmp_path, monkeypatch):
+    import llmi.tts.pipeline as pipeline
+    from llmi.document import Document, TextBlock
+
+    calls = []
+
+    class Result:
+        def __init__(self, prompt):
+            self.document = Document(blocks=[TextBlock(f"polished {prompt} is clear")])
+            self.snapshots = {"execute": Document(blocks=[TextBlock(f"raw {prompt}")]), "polish": self.document}
+            self.cost = {"sample": {"llm_calls": 4, "tokens_in": 100, "tokens_out": 400, "seconds": 1.5},
+                         "polish": {"llm_calls": 1, "tokens_in": 50, "tokens_out": 60, "seconds": 0.5}}
+            self.stages = []
+            self.model = "policy"
+
+    async def fake_tts(request, *, n=None, settings=None, llm=None, engine=None, **kw):
+        calls.append((request.prompt, n, llm is not None, engine is not None))
+        return Result(request.prompt)
+
+    monkeypatch.setattr(pipeline, "tts", fake_tts)
+    data = bench_file(tmp_path, n=2, criteria=("is clear",))
+
+    def reply(body, n):
+        doc = user_text(body).split("<<<REPORT", 1)[1]
+        return json.dumps({"score": 2 if "polished" in doc else 0, "justification": "j"})
+
+    with SSEServer(policy) as llm, _judge_server(reply) as (jurl, judge):
+        summary = await run_eval(settings_for(llm.base_url, jurl), EvalConfig("llmi-bench", tmp_path / "run", data=data, tts=4))
+        assert len(llm.requests) == 0  # generation went through llmi.tts
+    assert [c[1] for c in calls] == [4, 4] and all(c[2] and c[3] for c in calls)  # the run's LLM and engine reused
+    stages = {s["stage"]: s for s in summary["tts_stages"]}
+    assert stages["sample"]["llm_calls"] == 8 and stages["sample"]["tokens_out"] == 800
+    assert stages["execute"]["score"]["mean"] == 0.0 and stages["polish"]["score"]["mean"] == 10.0  # the gain per stage
+    assert summary["scores"]["score"]["mean"] == 10.0 and summary["cost"]["tokens_in"] == 300
+    assert len(judge.requests) == 2 + 2  # the execute snapshot is judged; the polished one is the final document
+    assert "Test-time scaling stages" in (tmp_path / "run" / "report.html").read_text()

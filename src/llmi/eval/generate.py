@@ -33,6 +33,8 @@ class Generated:
     elapsed_s: float = 0.0
     #: Per-stage cost of a test-time-scaling run (``llmi.tts``), else empty.
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: The document after each stage that changed it (``llmi.tts``), judged too: the score after each stage.
+    snapshots: dict[str, "Document"] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         """What the run folder stores next to the document."""
@@ -97,14 +99,21 @@ async def _generate_tts(request: Any, settings: Any, n: int, *, llm: Any, engine
     result = await run_tts(request, **kw)
     cost = getattr(result, "cost", None)
     stages = _stage_costs(cost)
+    status = {getattr(r, "name", None): getattr(r, "status", None) for r in getattr(result, "stages", None) or []}
+    for s in stages:
+        if status.get(s.get("stage")):
+            s.setdefault("status", status[s["stage"]])
     trace = getattr(result, "trace", None)
+    doc = result.document
+    response = getattr(result, "response", "") or (doc.to_response() if hasattr(doc, "to_response") else "")
     return Generated(
-        document=result.document,
-        response=getattr(result, "response", "") or "",
-        model=getattr(trace, "model", "") or "",
+        document=doc,
+        response=response,
+        model=getattr(result, "model", "") or getattr(trace, "model", "") or "",
         usage=_total_usage(stages),
         elapsed_s=time.perf_counter() - t0,
         stages=stages,
+        snapshots=dict(getattr(result, "snapshots", None) or {}),
     )
 
 

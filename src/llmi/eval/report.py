@@ -144,6 +144,12 @@ def plot_tools(per_tool: dict[str, dict[str, Any]], path: Path) -> bytes | None:
     return _png(fig, path)
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, dict) and "mean" in value:
+        return _esc(fmt_ci(value))
+    return _num(value)
+
+
 def _img(data: bytes | None, alt: str) -> str:
     if not data:
         return ""
@@ -345,7 +351,7 @@ def write_report(run: Any, bench: Any, items: list[Any], rows: dict[str, dict[st
         keys = sorted({k for s in stages for k in s if k not in ("stage",)})
         stage_html = ('<h2>Test-time scaling stages</h2><table class="ev-table"><tr><th>stage</th>'
                       + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr>"
-                      + "".join("<tr><td>" + _esc(s["stage"]) + "</td>" + "".join(f'<td class="num">{_num(s.get(k))}</td>' for k in keys)
+                      + "".join("<tr><td>" + _esc(s["stage"]) + "</td>" + "".join(f'<td class="num">{_cell(s.get(k))}</td>' for k in keys)
                                 + "</tr>" for s in stages) + "</table>")
 
     item_html = []

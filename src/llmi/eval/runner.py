@@ -231,6 +231,10 @@ class ItemWorker:
                 raise
         self.generated += 1
         info = {**gen.info(), "source": "generated"}
+        if gen.snapshots:  # test-time scaling: the document after each stage, stored (and judged) too
+            for stage, snap in gen.snapshots.items():
+                self.run.save_document(stage_id(item.id, stage), snap, stage=stage)
+            info["snapshots"] = list(gen.snapshots)
         self.run.save_document(item.id, gen.document, **info)
         return gen.document, info, "generated"
 
@@ -238,6 +242,17 @@ class ItemWorker:
         if self.cfg.seed is None:
             return None
         return {"seed": self.cfg.seed}
+
+    async def judge_stages(self, item: Item, info: dict[str, Any], calls: JudgeCalls) -> dict[str, Any]:
+        """The headline score of each test-time-scaling stage's document (stored beside the final one)."""
+        out: dict[str, Any] = {}
+        for stage in info.get("snapshots") or []:
+            stored = self.run.load_document(stage_id(item.id, stage))
+            if stored is None:
+                continue
+            judged = await self.bench.judge(item, stored[0], calls)
+            out[stage] = judged.score
+        return out
 
     async def process(self, item: Item) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -250,8 +265,11 @@ class ItemWorker:
             calls = JudgeCalls(item.id, self._judge, self.run.judge_log, retry_errors=self.cfg.retry_errors,
                                response=str(info.get("response") or ""))
             judged = await self.bench.judge(item, doc, calls)
+            stage_scores = await self.judge_stages(item, info, calls)
             self.judge_reused += calls.reused
             row.update(judged.to_dict())
+            if stage_scores:
+                row["stage_scores"] = stage_scores
             row.update({"judge_calls": calls.asked, "judge_reused": calls.reused, "judged_by": "judge"})
         else:
             row.update({"score": None, "scores": {}, "verdicts": [], "excluded": 0, "judged_by": None})
@@ -262,6 +280,11 @@ class ItemWorker:
             row["stages"] = info["stages"]
         row["worker"] = _WORKER
         return row
+
+
+def stage_id(item_id: str, stage: str) -> str:
+    """The run-folder id of an item's document after one test-time-scaling stage."""
+    return f"{item_id}.stage-{stage}"
 
 
 #: Which process finished an item (``host:pid``): one value locally, one per actor with ``--ray``.
@@ -512,13 +535,13 @@ def build_summary(bench: Benchmark, items: list[Item], rows: dict[str, dict[str,
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    stages = _stage_summary(ok)
+    stages = _stage_summary(ok, bench.item_scale)
     if stages:
         summary["tts_stages"] = stages
     return summary
 
 
-def _stage_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _stage_summary(rows: list[dict[str, Any]], scale: float = 1.0) -> list[dict[str, Any]]:
     """Per test-time-scaling stage: how many items ran it and the summed numeric costs."""
     order: list[str] = []
     acc: dict[str, Counter] = {}
@@ -533,4 +556,19 @@ def _stage_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for k, v in s.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     acc[name][k] += v
-    return [{"stage": n, "items": counts[n], **{k: round(v, 4) for k, v in acc[n].items()}} for n in order]
+    from .stats import mean_ci, rounded
+
+    for r in rows:  # stages that changed the document but reported no cost of their own
+        for name in r.get("stage_scores") or {}:
+            if name not in acc:
+                order.append(name)
+                acc[name] = Counter()
+    out = []
+    for n in order:
+        entry: dict[str, Any] = {"stage": n, "items": counts[n] or sum(n in (r.get("stage_scores") or {}) for r in rows),
+                                 **{k: round(v, 4) for k, v in acc[n].items()}}
+        scores = [(r.get("stage_scores") or {}).get(n) for r in rows if n in (r.get("stage_scores") or {})]
+        if scores:
+            entry["score"] = rounded(mean_ci(scores, scale=scale))
+        out.append(entry)
+    return out
