@@ -65,7 +65,7 @@ def server(tmp_path_factory, evil):
     hostile = (f"# Hostile\n\n{HOSTILE}\n\n![tracker]({evil_url}/md.png) <img src=\"{evil_url}/raw.png\"> "
                f"[link]({evil_url}/click) "
                + tag("search", "<img src=x onerror='window.__pwned=99'> owl", "owl")
-               + f"\n\n<script>fetch('{evil_url}/script')</script> end.")
+               + f"\n\n<script>fetch('{evil_url}/script')</script> end. <imgen>{{not json</imgen> after.")
 
     def script(n: int, body: dict) -> Script:
         content = body["messages"][-1]["content"]
@@ -169,7 +169,9 @@ def test_a_hostile_answer_runs_nothing_and_fetches_nothing_outside(browser, serv
         handlers = page.evaluate("""() => Array.from(document.querySelectorAll('#doc *')).flatMap(
             el => Array.from(el.attributes).map(a => a.name)).filter(n => n.startsWith('on'))""")
         assert handlers == []
-        # The hostile text is there, as text.
+        # The broken tag is a visible failure note with its reason; the hostile text is there, as text.
+        note = page.locator("#doc .llmi-failure")
+        assert note.count() == 1 and "unparseable" in note.inner_text().lower()
         assert "<script>window.__pwned=1" in page.inner_text("#doc")
         srcs = page.evaluate("() => Array.from(document.querySelectorAll('#doc img')).map(i => i.src)")
         assert srcs and all(s.startswith(server.base_url + "/images/") for s in srcs)
@@ -178,3 +180,32 @@ def test_a_hostile_answer_runs_nothing_and_fetches_nothing_outside(browser, serv
         assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "unsafe-inline" not in csp
     finally:
         context.close()
+
+
+def test_the_page_asks_for_the_key_when_the_server_has_keys(browser, tmp_path):
+    from llmi.server.auth import KeyRing
+
+    keys = KeyRing()
+    keys.add("sk-page-test-123456", "page")
+    with SSEServer(Script(content=split_every(ANSWER, 30))) as llm:
+        app = create_app(settings_for(llm.base_url), keys=keys, data_dir=tmp_path)
+        with LiveServer(app) as srv:
+            context = browser.new_context()
+            page = context.new_page()
+            try:
+                page.goto(srv.base_url + "/", wait_until="load")
+                page.wait_for_selector("#api-key", state="visible")
+                page.fill("#prompt", "owls")
+                page.click("#send")
+                page.wait_for_function("() => document.querySelector('#status').textContent.length > 0")
+                assert "API key" in page.inner_text("#status") or "key" in page.inner_text("#status")
+                page.fill("#api-key", "sk-page-test-123456")
+                page.dispatch_event("#api-key", "change")
+                page.click("#send")
+                page.wait_for_function("() => document.querySelector('#status').textContent === 'done'",
+                                       timeout=20000)
+                page.wait_for_function("() => document.querySelectorAll('#doc figure img').length === 2 && "
+                                       "Array.from(document.querySelectorAll('#doc figure img'))"
+                                       ".every(i => i.complete && i.naturalWidth > 0)")
+            finally:
+                context.close()
