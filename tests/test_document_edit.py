@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings as hyp_settings, strategies as st
 
 from llmi.cache import Cache
 from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
@@ -18,6 +19,7 @@ from llmi.tools.base import Backend, ToolRequest, ToolResult
 from . import fakes
 from .fakes import RECORD, png_for
 from .test_engine import settings, tag
+from .test_protocol_stream_agreement import RESPONSES
 
 
 @pytest.fixture(autouse=True)
@@ -168,3 +170,42 @@ async def test_tool_calls_and_invalid_tags_made_by_hand_take_their_slot():
     with pytest.raises(IndexError):
         async with Engine(settings(), cache=False) as engine:
             await engine.replace_slot(doc, 7, FailureBlock("x", "y"))
+
+
+def test_to_response_reads_back_as_the_document_for_any_response():
+    """Whatever the response — reasoning first, a "</think>" left as text inside a code fence, unclosed,
+    lenient or invalid tags — the document's tagged response parses back to the same text and the same
+    slots (calls, and the kind of every invalid tag)."""
+    import asyncio
+
+    def slots(parsed):
+        return [(type(s).__name__, getattr(s, "source", None), getattr(s, "params", None),
+                 getattr(s, "kind", None)) for s in parsed.slots]
+
+    loop = asyncio.new_event_loop()
+    engine = Engine(settings(), cache=False)
+    loop.run_until_complete(engine.__aenter__())  # one engine for every example
+    inputs = [png_for(f"in{i}") for i in range(2)]
+
+    @hyp_settings(max_examples=200, deadline=None)
+    @given(RESPONSES, st.integers(0, 2))
+    def check(response, n_input):
+        doc = loop.run_until_complete(engine.run_response(response, inputs[:n_input]))
+        whole, again = parse_response(response, n_input), parse_response(doc.to_response(), n_input)
+        assert again.text == whole.text == doc.text
+        assert slots(again) == slots(whole)
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(engine.aclose())
+        loop.close()
+
+
+def test_to_response_keeps_an_unclosed_tag_open_and_a_fenced_think_marker_as_text():
+    fenced = "```\n</think>\n```\n"
+    doc = Document(blocks=[TextBlock(fenced), FailureBlock("unknown", "r", "unclosed_tag", raw="{'a'", slot=0)])
+    resp = doc.to_response()
+    assert resp == "<think></think>" + fenced + "<imgen>{'a'"
+    again = parse_response(resp)
+    assert again.text == fenced and again.slots[0].kind.value == "unclosed_tag"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Union
 
 from .images import ImageData
-from .protocol import SOURCES, Violation
+from .protocol import SOURCES, THINK_CLOSE, THINK_OPEN, Violation, starts_in_think
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,9 @@ class Document:
 
     def to_response(self) -> str:
         """The tagged response this document stands for: the text, and one ``<imgen>{json}</imgen>`` per
-        slot (its call; the payload as written for a tag that was no valid call). Parsing it with
-        :func:`llmi.protocol.parse_response` gives the same calls in the same slots."""
+        slot (its call; the payload as written for a tag that was no valid call, left open if it was
+        unclosed). Parsing it with :func:`llmi.protocol.parse_response` gives the same text, the same calls
+        in the same slots and the same invalid-tag kinds."""
         import json
 
         out: list[str] = []
@@ -168,7 +169,10 @@ class Document:
                 out.append(b.text)
                 continue
             call = b.call if b.call is not None else _call_of(b)
-            if call is None:
+            if call is None and b.kind == "unclosed_tag":  # type: ignore[union-attr]
+                # left open, as written: what follows an unclosed tag is the next tag or the end
+                out.append(f"<imgen>{b.raw}")  # type: ignore[union-attr]
+            elif call is None:
                 out.append(f"<imgen>{b.raw}</imgen>")  # type: ignore[union-attr]
             else:
                 payload = {"source": call["source"], "description": call.get("description", ""),
@@ -176,7 +180,12 @@ class Document:
                 # "<" escaped: a description holding "</imgen>" or "<think>" must not end the tag early
                 text = json.dumps(payload, ensure_ascii=False).replace("<", "\\u003c")
                 out.append("<imgen>" + text + "</imgen>")
-        return "".join(out)
+        response = "".join(out)
+        if starts_in_think(response):
+            # a "</think>" kept as text (inside a code fence) would make a re-reading take everything
+            # before it as reasoning; an empty think block first says the reply starts with the answer
+            response = THINK_OPEN + THINK_CLOSE + response
+        return response
 
     # -- JSON contract ---------------------------------------------------------------------------
     def to_dict(self, *, image_paths: list[str] | None = None, image_data: bool = True) -> dict[str, Any]:
