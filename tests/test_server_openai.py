@@ -46,6 +46,8 @@ def _script(n: int, body: dict) -> Script:
         return Script(content=split_every(FAILING, 8))
     if "plain" in p:
         return Script(content=["Just ", "text."])
+    if "cut" in p:
+        return Script(content=split_every(ANSWER, 9), fail_after=4)
     return Script(content=split_every(ANSWER, 9), delay_s=0.002)
 
 
@@ -262,3 +264,17 @@ def test_an_unreachable_llm_is_a_502_with_the_reason(tmp_path):
                 list(r) if stream else None
             assert err.value.status_code == 502
             assert "127.0.0.1:9" in str(err.value)
+
+
+def test_an_llm_that_fails_part_way_ends_the_stream_with_an_error(client, server):
+    stream = client.chat.completions.create(model="llmi", messages=[{"role": "user", "content": "cut short"}],
+                                            stream=True)
+    got = []
+    with pytest.raises(openai.APIError, match="CUDA out of memory"):
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+    assert "".join(got).startswith("# Foxes")
+    r = client.chat.completions.create(model="llmi", messages=[{"role": "user", "content": "cut short"}])
+    assert r.choices[0].finish_reason == "error" and r.choices[0].message.content.startswith("# Foxes")
+    assert r.model_extra["llmi"]["status"] == "failed" and "CUDA" in r.model_extra["llmi"]["error"]["message"]

@@ -288,19 +288,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: P
     created = int(run.created)
     cid = f"chatcmpl-{run.id}"
     model = srv.model_name
+    # Wait for the first output, so that an LLM that fails before writing anything is an HTTP error.
     try:
-        # Wait for the first output, so that an LLM that fails before writing anything is an HTTP error.
-        if not await wait_or_disconnect(request, run.wait_output()):
-            svc.manager.detach(run, grace=0)
-            return JSONResponse(error_body_client_gone(), status_code=499)
-        if run.finished and run.status != "done" and not _wrote_anything(run):
-            svc.manager.detach(run, grace=0)
-            err = run.error or {"kind": "error", "message": "the run failed"}
-            raise ApiError(502, err["message"], type_="server_error", code=err["kind"])
+        ready = await wait_or_disconnect(request, run.wait_output())
     except BaseException:
-        if run.followers:
-            svc.manager.detach(run, grace=0)
+        svc.manager.detach(run, grace=0)
         raise
+    if not ready:
+        svc.manager.detach(run, grace=0)
+        return JSONResponse(error_body_client_gone(), status_code=499)
+    if run.finished and run.status != "done" and not _wrote_anything(run):
+        svc.manager.detach(run, grace=0)
+        err = run.error or {"kind": "error", "message": "the run failed"}
+        raise ApiError(502, err["message"], type_="server_error", code=err["kind"])
 
     if not body.stream:
         try:

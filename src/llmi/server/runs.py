@@ -476,18 +476,13 @@ async def reward(body: RewardBody, request: Request, who: Principal = Depends(wo
     if config is not None:
         kwargs["config"] = config
     samples = [sample_from_row(row) for row in body.rows]
-
-    async def score_all() -> list[dict[str, Any]]:
-        async with RewardScorer(svc.settings, **kwargs) as scorer:
-            results = await scorer.score_batch(samples)
-        return [r.to_dict() for r in results]
-
     results: list[dict[str, Any]] = []
 
-    async def run() -> None:
-        results.extend(await score_all())
+    async def score_all() -> None:
+        async with RewardScorer(svc.settings, **kwargs) as scorer:
+            results.extend(r.to_dict() for r in await scorer.score_batch(samples))
 
-    if not await wait_or_disconnect(request, run()):
+    if not await wait_or_disconnect(request, score_all()):  # a client that left frees the tools and judges
         return JSONResponse({"error": {"message": "the client closed the connection", "type": "client_closed",
                                        "param": None, "code": None}}, status_code=499)
     return RewardOut(results=results)
