@@ -410,3 +410,53 @@ async def test_tts_hook_judges_each_stage(tmp_path, monkeypatch):
     assert summary["scores"]["score"]["mean"] == 10.0 and summary["cost"]["tokens_in"] == 300
     assert len(judge.requests) == 2 + 2  # the execute snapshot is judged; the polished one is the final document
     assert "Test-time scaling stages" in (tmp_path / "run" / "report.html").read_text()
+
+
+async def test_judge_only_on_release_format_answers_runs_their_tags(tmp_path):
+    data = bench_file(tmp_path, n=2)
+    answers = tmp_path / "evaluation_results.json"  # the LLM-I release's own result file
+    answers.write_text(json.dumps([
+        {"sample_index": 1, "prompt": "Topic number 0", "answer": response_for("moon"), "scores": {}, "justifications": {}},
+        {"sample_index": 2, "prompt": "Topic number 1", "answer": "No pictures here.", "scores": {}, "justifications": {}},
+    ]))
+    with SSEServer(policy) as llm, _judge_server(grade) as (jurl, judge):
+        summary = await run_eval(settings_for(llm.base_url, jurl), EvalConfig("llmi-bench", tmp_path / "run", data=data,
+                                                                             outputs=answers))
+    assert len(llm.requests) == 0 and len(judge.requests) == 4
+    assert summary["tools"]["per_tool"]["search"]["success"] == 1  # the answer's tag was run with the tools
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()}
+    assert rows["1"]["source"] == "imported" and rows["1"]["images"] == 1 and rows["2"]["images"] == 0
+
+
+async def test_compare_side_by_side_without_pairwise_and_generic_pairwise(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmi.cli import app
+
+    data = bench_file(tmp_path, n=2)
+
+    def grade_b(body, n):
+        return json.dumps({"score": 0, "justification": "weak"})
+
+    with SSEServer(policy) as llm:
+        with _judge_server(grade) as (jurl, _):
+            await run_eval(settings_for(llm.base_url, jurl), EvalConfig("llmi-bench", tmp_path / "ra", data=data))
+        with _judge_server(grade_b) as (jurl, _):
+            await run_eval(settings_for(llm.base_url, jurl), EvalConfig("llmi-bench", tmp_path / "rb", data=data))
+    import asyncio
+
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["eval", "compare", str(tmp_path / "ra"),
+                                                              str(tmp_path / "rb"), "--no-progress"], env={"LLMI_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    assert "A - B 7.50 [7.50, 7.50] (n=2)" in result.output and "pairwise" not in result.output
+    cmp = json.loads((tmp_path / "compare_ra_vs_rb" / "compare.json").read_text())
+    assert cmp["a_better_items"] == 2 and "pairwise" not in cmp
+
+    def verdict(body, n):
+        return '{"verdict": "B", "reason": "second is better"}'
+
+    with _judge_server(verdict) as (jurl, judge):
+        s = settings_for("http://127.0.0.1:9/v1", jurl)
+        cmp = await run_compare(s, CompareConfig(tmp_path / "ra", tmp_path / "rb", tmp_path / "cmp2", pairwise=True))
+    assert len(judge.requests) == 4 and "OUTPUT_A" in user_text(judge.requests[0])
+    assert cmp["pairwise"]["win_rates"]["fdt"] == {"A": 0.5, "B": 0.5} and cmp["pairwise"]["consistency"] == 0.0
