@@ -4,7 +4,7 @@ A loopback OpenAI-compatible server (tests/sse_server.py) streams every response
 candidates, and the single generation — as ``--tokens`` deltas at ``--rate`` per second (decode time
 D = tokens / rate) after ``--first`` seconds, with a search tag and a chart tag spread through the text.
 The helper calls of the enhancement (a query rewrite, a chart fix) are short replies (``--helper``
-deltas); the polish writes the whole document again (the worst case: nothing was left unchanged). The
+deltas); the polish rewrites one paragraph of three (``--polish full``: writes the whole document again). The
 judge is a loopback non-streaming endpoint answering after ``--judge`` seconds; tools are in-process
 fakes that answer after ``--latency`` L seconds — the search's titles make the rewritten query the better
 match, and the chart fails once, so the fix loop runs.
@@ -14,6 +14,8 @@ It prints the wall time of
 * ``single``: :func:`llmi.agenerate` — one response, tools run while it streams;
 * ``tts N, sample→enhance``: :func:`llmi.tts` with ``stages=sample,check,select,enhance``;
 * ``tts N, all five``: the same plus ``polish``;
+* the same two with ``[tts] speculative = true`` (every candidate's tools run while it streams, so the
+  winner's document is ready when selection ends — N times the tool calls);
 
 each with its ratio to ``single`` and the calls, tokens and tool calls used, then the cost of every stage
 of the full run. Goals (issue 12): sample→enhance ≤ 1.4× single, all five ≤ 2.4× single.
@@ -113,7 +115,10 @@ def policy(args: argparse.Namespace):
                 user = "".join(p.get("text", "") for p in user if p.get("type") == "text")
             m = re.search(r"<<<DOCUMENT (\w+)>>>\n(.*)\n<<<END DOCUMENT \1>>>", user, re.DOTALL)
             doc = m.group(2) if m else ""
-            words = doc.split(" ")  # the whole document again, as many deltas as it has words
+            if args.polish == "full":  # the whole document again, as many deltas as it has words
+                words = doc.split(" ")
+            else:  # paragraph mode: the paragraph before the first image is rewritten, the rest kept
+                words = next(p for p in doc.split("\n\n") if p.startswith("[[P")).replace("word1 ", "WORD1 ").split(" ")
             return Script(content=[w + " " for w in words], **kw)
         return Script(content=response(args.tokens, body.get("seed")), **kw)
 
@@ -161,12 +166,16 @@ async def measure(args: argparse.Namespace, settings) -> dict:
                 await agenerate("Write about the coast and sales.", settings=settings, llm=llm, engine=engine,
                                 trace=trace)
                 out["single"].append((time.perf_counter() - t0, trace.usage or {}))
-                for key, stages in (("enhance", "sample,check,select,enhance"),
-                                    ("polish", "sample,check,select,enhance,polish")):
+                for key, stages, spec in (("enhance", "sample,check,select,enhance", False),
+                                          ("polish", "sample,check,select,enhance,polish", False),
+                                          ("spec_enhance", "sample,check,select,enhance", True),
+                                          ("spec_polish", "sample,check,select,enhance,polish", True)):
+                    settings.tts.speculative = spec
                     t0 = time.perf_counter()
                     result = await tts("Write about the coast and sales.", n=args.n, stages=stages,
                                        settings=settings, llm=llm, engine=engine)
-                    out[key].append((time.perf_counter() - t0, result))
+                    out.setdefault(key, []).append((time.perf_counter() - t0, result))
+                settings.tts.speculative = False
             finally:
                 await llm.aclose()
     return out
@@ -181,6 +190,8 @@ def main() -> int:
     ap.add_argument("--helper", type=int, default=20, help="deltas of a helper reply (query rewrite, chart fix)")
     ap.add_argument("--latency", type=float, default=0.5, help="tool latency L (s)")
     ap.add_argument("--judge", type=float, default=0.3, help="judge latency (s)")
+    ap.add_argument("--polish", choices=("paragraphs", "full"), default="paragraphs",
+                    help="[tts] polish_mode; the fake rewrites one paragraph of three, or writes all again")
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     registry.register(SleepSearch)
@@ -188,12 +199,13 @@ def main() -> int:
 
     with SSEServer(policy(args)) as srv, loopback_server(judge_handler(args.judge)) as jurl:
         settings = settings_for(srv.base_url, jurl + "/v1", args.latency)
+        settings.tts.polish_mode = args.polish
         res = asyncio.run(measure(args, settings))
 
     d = args.tokens / args.rate
     print(f"D = {args.tokens} deltas at {args.rate:g}/s = {d:.2f} s (+{args.first:g} s to the first), "
           f"tool latency L = {args.latency:g} s, judge {args.judge:g} s, helper replies {args.helper} deltas, "
-          f"N = {args.n}, median of {args.repeat}")
+          f"N = {args.n}, polish {args.polish}, median of {args.repeat}")
     single = statistics.median(t for t, _ in res["single"])
     print(f"{'run':<26} {'wall':>7} {'/single':>8} {'calls':>6} {'tok in':>7} {'tok out':>8} {'tools':>6}  goal")
     print("-" * 80)
@@ -201,7 +213,8 @@ def main() -> int:
     print(f"{'single generation':<26} {single:>6.2f}s {1.0:>8.3f} {1:>6} {usage.get('prompt_tokens', ''):>7} "
           f"{usage.get('completion_tokens', ''):>8} {2:>6}")
     ok = True
-    for key, label, goal in (("enhance", f"tts {args.n}: sample→enhance", 1.4), ("polish", f"tts {args.n}: all five", 2.4)):
+    for key, label, goal in (("enhance", f"tts {args.n}: sample→enhance", 1.4), ("polish", f"tts {args.n}: all five", 2.4),
+                             ("spec_enhance", "  speculative: →enhance", 1.4), ("spec_polish", "  speculative: all five", 2.4)):
         wall = statistics.median(t for t, _ in res[key])
         result = res[key][-1][1]
         tot: Cost = result.total

@@ -67,6 +67,32 @@ def _doc() -> Document:
                             TextBlock("\nEnd.")])
 
 
+def test_polish_paragraph_mode_changes_only_the_named_paragraphs():
+    from llmi.tts.polish import apply_edits, numbered_text, paragraphs, verify_edits
+
+    img = ImageData.from_bytes(make_png(4, 4))
+    doc = Document(blocks=[TextBlock("# Title\n\nIntro line one.\nline two.\n\n"), ImageBlock(img, "code", "c", slot=0),
+                           TextBlock("\nAfter.\n\n\nLast one.")])
+    paras = paragraphs(doc)
+    assert [p.text for p in paras] == ["# Title", "Intro line one.\nline two.", "After.", "Last one."]
+    assert numbered_text(doc, paras) == ("[[P1]] # Title\n\n[[P2]] Intro line one.\nline two.\n\n[[IMAGE 0]]\n\n"
+                                         "[[P3]] After.\n\n[[P4]] Last one.")
+    ed = verify_edits("Here are the changes:\n[[P3]] After, fixed.\n\n**[[P4]]**: Last, too.", paras)
+    assert ed.changes == {3: "After, fixed.", 4: "Last, too."}
+    new = apply_edits(doc, paras, ed.changes)
+    assert new.text == "# Title\n\nIntro line one.\nline two.\n\n\nAfter, fixed.\n\n\nLast, too."
+    assert new.slots == doc.slots and [b.type for b in new.blocks] == ["text", "image", "text"]
+    assert verify_edits("NO CHANGES", paras).unchanged
+    assert verify_edits("[[P3]] After.", paras).unchanged  # the same text is no change
+    assert "paragraph 9" in verify_edits("[[P9]] x", paras).refused
+    assert "twice" in verify_edits("[[P3]] a\n[[P3]] b", paras).refused
+    assert "empty" in verify_edits("[[P3]]\n[[P4]] b", paras).refused
+    assert "image marker" in verify_edits("[[P3]] a [[IMAGE 0]]", paras).refused
+    assert "<imgen>" in verify_edits('[[P3]] <imgen>{"x": 1}</imgen>', paras).refused
+    assert "no [[Pn]]" in verify_edits("I changed the text.", paras).refused
+    assert "keep" in verify_edits("[[P2]] x", paras).refused
+
+
 def test_polish_verify_accepts_only_a_faithful_rewrite():
     doc = _doc()
     text = marked_text(doc)
@@ -252,9 +278,10 @@ async def test_a_polish_that_loses_an_image_is_discarded():
         return between(user_text(body), "DOCUMENT").replace("[[IMAGE 0]]", "").replace("Intro.", "Intro, better.")
 
     with SSEServer(policy_script({0: cand}, {"polish": bad_polish})) as policy:
-        result = await tts("Coast", n=1, settings=settings_for(policy.base_url), stages="sample,polish")
+        settings = settings_for(policy.base_url, tts={"polish_mode": "full"})
+        result = await tts("Coast", n=1, settings=settings, stages="sample,polish")
     d = result.stage("polish").detail
-    assert d["result"] == "kept the original" and "markers []" in d["why"]
+    assert d["result"] == "kept the original" and "markers []" in d["why"] and d["mode"] == "full"
     assert result.document.text == "Intro.\n\nEnd." and len(result.document.slots) == 1
     assert result.snapshots["polish"] is result.snapshots["execute"]
 

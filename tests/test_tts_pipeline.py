@@ -59,8 +59,10 @@ def rewrite_query(body: dict) -> str:
 
 
 def polish_reply(body: dict) -> str:
+    """Paragraph mode: only the paragraph that contradicts the photo comes back."""
     doc = between(user_text(body), "DOCUMENT")
-    return doc.replace("the old lighthouse", "the red and white lighthouse")
+    line = next(ln for ln in doc.splitlines() if "the old lighthouse" in ln)
+    return line.replace("the old lighthouse", "the red and white lighthouse")
 
 
 def judge_reply():
@@ -107,6 +109,7 @@ async def test_sample_check_select_enhance_polish(judge_server):
     assert [b.image.sha256 for b in doc.slots] == [b.image.sha256 for b in after.slots]
     assert [b.type for b in doc.blocks] == [b.type for b in after.blocks]
     assert result.stage("polish").detail["result"] == "rewritten"
+    assert result.stage("polish").detail["paragraphs"] == [2]  # only the one that needed it
     # the document stands for a valid tagged response again
     assert doc.to_response().count("<imgen>") == 2
 
@@ -357,3 +360,19 @@ async def test_llmi_tts_is_callable_from_the_package():
     with SSEServer(policy_script({0: "Plain."})) as policy:
         result = await llmi.tts("p", n=1, settings=settings_for(policy.base_url), stages="sample")
     assert result.document.text == "Plain." and llmi.tts.Budget.parse("calls=1").calls == 1
+
+
+async def test_speculative_runs_tools_while_candidates_are_written(judge_server):
+    """[tts] speculative: every candidate's tools run as it streams; the winner's document is reused,
+    and the tool calls of all candidates are on the sample stage's bill."""
+    cands = {0: "OK-ANSWER one.\n" + tag("search", LIGHTHOUSE, query="lighthouse") + "\nEnd.",
+             1: "BEST-ANSWER two.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nEnd."}
+    events: list = []
+    with SSEServer(policy_script(cands)) as policy, judge_server(lambda b, n: judge_reply()(b, n)) as (jurl, _):
+        settings = settings_for(policy.base_url, judge_url=jurl, tts={"speculative": True})
+        result = await tts("Coast", n=2, settings=settings, stages="sample,check,select", on_event=events.append)
+    assert result.winner == 1
+    assert result.stage("execute").detail["reused"] == "its tools ran while it was written"
+    assert dict(result.costs["sample"].tool_calls) == {"search": 2} and result.costs["execute"].n_tool_calls == 0
+    assert isinstance(result.document.slots[0], ImageBlock)
+    assert result.document is result.candidates[1].document

@@ -71,7 +71,7 @@ def describe(ev: Stage) -> tuple[tuple, str]:
                           + (f", {d['reduced_by_budget']} not sampled (budget)" if d.get("reduced_by_budget") else ""),
         "check": lambda: f"kept {d.get('kept')}, dropped {d.get('dropped')}",
         "select": lambda: f"winner #{d.get('winner')} — {_clip(d.get('decided_by', ''), 80)}",
-        "execute": lambda: f"{d.get('images', 0)} of {d.get('slots', 0)} image(s)" if "slots" in d else _clip(d.get("reused", "")),
+        "execute": lambda: f"{d.get('images', 0)} of {d.get('slots', 0)} image(s)" + (f" ({d['reused']})" if d.get("reused") else ""),
         "enhance": lambda: ", ".join(f"{k} {d[k]}" for k in ("replaced", "kept", "skipped", "cut") if d.get(k)) or "nothing to do",
         "polish": lambda: _clip(d.get("result", "") + (f" ({d['why']})" if d.get("why") else ""), 100),
     }.get(name, lambda: "")()

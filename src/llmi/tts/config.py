@@ -92,6 +92,11 @@ class TTSSettings(_Section):
     seed: int | None = Field(
         0, description="candidate i is sampled with seed + i (distinct, reproducible); none: no seed is sent"
     )
+    speculative: bool = Field(
+        False,
+        description="run every candidate's tools while it is written (as llmi generate does), so the winner's "
+        "document is ready when selection ends; faster, but N times the tool calls",
+    )
     stages: list[str] = Field(
         default_factory=lambda: list(STAGE_NAMES),
         description="the stages to run, from sample, check, select, enhance, polish (sample is always run)",
@@ -125,6 +130,11 @@ class TTSSettings(_Section):
     )
     polish_model: Literal["policy", "llm_judge", "mllm_judge"] = Field(
         "policy", description="which model rewrites the text around the final images"
+    )
+    polish_mode: Literal["paragraphs", "full"] = Field(
+        "paragraphs",
+        description="'paragraphs': the model returns only the paragraphs it changes (images cannot move); "
+        "'full': it writes the whole document again, with a marker per image, verified before use",
     )
     polish_images: bool = Field(
         True, description="send the final images to the polishing model when it can see them"

@@ -95,8 +95,7 @@ class Runner:
         """Execute a candidate's tags (the engine's session, with the budget in front of each call).
         ``seed``: the candidate's sampling seed, handed to its generative tools."""
         parsed = parse_response(response, self.n_inputs)
-        session = self.engine.session(self.input_images, on_event, run_id=self.run_id or None, seed=seed)
-        session.engine = self._gate
+        session = self.session(seed=seed, on_event=on_event)
         try:
             for seg in parsed.segments:
                 session.add(seg)
@@ -104,6 +103,13 @@ class Runner:
         except BaseException:
             await session.cancel()
             raise
+
+    def session(self, *, seed: int | None = None, on_event: Any = None) -> Any:
+        """An engine run session (segments added as a response streams) with the budget in front of
+        each call."""
+        session = self.engine.session(self.input_images, on_event, run_id=self.run_id or None, seed=seed)
+        session.engine = self._gate
+        return session
 
     async def call(self, call: ToolCall, input_image: ImageData | None = None) -> ImageBlock | FailureBlock:
         """One tool call outside a response (enhancement's alternatives). Refused by the budget: raises

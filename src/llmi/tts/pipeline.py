@@ -376,7 +376,8 @@ async def tts(
         async def do_sample() -> dict[str, Any]:
             return await sample(policy, messages, images=images, plan=plan, meter=meter, out=run.candidates,
                                 on_candidate=on_candidate, top_p=req.sampling.top_p,
-                                extra_body=dict(req.sampling.extra_body) or None)
+                                extra_body=dict(req.sampling.extra_body) or None,
+                                runner=runner if cfg.speculative else None)
 
         rec = await run.stage("sample", do_sample)
         ok = [c for c in run.candidates if c.ok]
@@ -432,8 +433,10 @@ async def tts(
                                                         f"{left} are left")
 
                 async def run_one(i: int) -> Document:
-                    seed = run.candidates[_pos(run.candidates, i)].seed
-                    return await runner.run_response(pool.responses[i], seed=seed)
+                    c = run.candidates[_pos(run.candidates, i)]
+                    if c.document is not None:  # its tools ran while it was written
+                        return c.document
+                    return await runner.run_response(pool.responses[i], seed=c.seed)
 
                 sel = await select_by_reward(chat, mllm, pool, run_one, image_num=constraints.image_num,
                                              tools=constraints.tools)
@@ -455,12 +458,14 @@ async def tts(
         # 4. execute ------------------------------------------------------------------------------
         async def do_execute() -> dict[str, Any]:
             reused = run.selection.documents.get(winner) if run.selection else None
+            d: dict[str, Any] = {"winner": winner}
             if reused is not None:
-                run.document = reused
-                return {"winner": winner, "reused": "the reward selector already ran its tools"}
-            run.document = await runner.run_response(wc.response, on_event=run.forward, seed=wc.seed)
-            d = _doc_detail(run.document)
-            d["winner"] = winner
+                run.document, d["reused"] = reused, "the reward selector ran its tools"
+            elif wc.document is not None:
+                run.document, d["reused"] = wc.document, "its tools ran while it was written"
+            else:
+                run.document = await runner.run_response(wc.response, on_event=run.forward, seed=wc.seed)
+            d.update(_doc_detail(run.document))
             refused = [b for b in run.document.slots if isinstance(b, FailureBlock) and b.kind == "budget"]
             if refused:
                 d["_cut"] = runner.refused[0].resource if runner.refused else "tool_calls"
@@ -499,7 +504,8 @@ async def tts(
         async def do_polish() -> dict[str, Any]:
             chat = run.chat(cfg.polish_model, policy, stack)
             new, d = await polish(run.document, chat, question, send_images=cfg.polish_images,
-                                  max_tokens=req.sampling.max_tokens or settings.llm.max_tokens)
+                                  max_tokens=req.sampling.max_tokens or settings.llm.max_tokens,
+                                  mode=cfg.polish_mode)
             run.document = new
             return d
 

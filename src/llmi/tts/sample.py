@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..document import Document
 from ..errors import LLMError
 from ..images import ImageData
+from ..protocol import StreamParser, ToolCall, parse_response
 from .budget import BudgetExhausted, Meter
 from .calls import PolicyChat
 from .cost import Cost, charging
@@ -40,6 +42,8 @@ class Candidate:
     finish_reason: str | None = None
     error: str | None = None
     cost: Cost = field(default_factory=Cost)
+    #: Its executed document when its tools ran while it was written (``[tts] speculative``).
+    document: Document | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,6 +86,7 @@ async def sample(
     max_tokens: int | None = None,
     top_p: float | None = None,
     extra_body: dict[str, Any] | None = None,
+    runner: Any = None,
 ) -> dict[str, Any]:
     """Sample one candidate per ``plan`` entry (as many as the budget grants) into ``out`` as each
     finishes — ``out`` keeps the finished ones if the stage is cut. ``on_candidate(c, "started" |
@@ -98,16 +103,23 @@ async def sample(
         if on_candidate:
             on_candidate(c, "started")
         with charging(c.cost):
+            spec = _Speculation(runner, c.seed, getattr(chat.llm, "starts_in_think", None)) if runner else None
             try:
                 reply = await chat.complete(messages, images=images, temperature=c.temperature, seed=c.seed,
-                                            max_tokens=max_tokens, top_p=top_p, extra_body=extra_body)
+                                            max_tokens=max_tokens, top_p=top_p, extra_body=extra_body,
+                                            on_delta=spec.feed if spec else None)
                 c.response, c.finish_reason = reply.raw, reply.finish_reason
+                if spec is not None:
+                    c.document = await spec.finish(c.response)
+                    spec = None
             except BudgetExhausted as exc:
                 c.error = str(exc)
                 refused.append(exc.resource)
             except LLMError as exc:
                 c.error = f"{type(exc).__name__}: {exc}"
             finally:
+                if spec is not None:
+                    await spec.cancel()
                 c.cost.seconds = time.perf_counter() - t0
         out.append(c)
         if on_candidate:
@@ -129,3 +141,35 @@ async def sample(
         first = next((c.error for c in out if c.error), "no candidate")
         raise LLMError(f"every candidate failed; the first: {first}")
     return detail
+
+
+class _Speculation:
+    """A candidate's tools run while it streams (``[tts] speculative``): the parser's segments go to an
+    engine session as they arrive, as in ``llmi generate``."""
+
+    def __init__(self, runner: Any, seed: int | None, starts_in_think: bool | None):
+        self.runner = runner
+        self.session = runner.session(seed=seed)
+        self.parser = StreamParser(runner.n_inputs, start_in_think=bool(starts_in_think))
+
+    def feed(self, delta: str) -> None:
+        for seg in self.parser.feed(delta):
+            self.session.add(seg)
+
+    async def finish(self, response: str) -> Document | None:
+        """The executed document — or ``None`` when the streamed reading of the tags differs from the
+        whole-response reading the check and the selection use (then the winner is run again)."""
+        for seg in self.parser.close():
+            self.session.add(seg)
+        doc = await self.session.finish(self.parser.violations, self.parser.amended)
+        whole = [(s.source, s.params) if isinstance(s, ToolCall) else None
+                 for s in parse_response(response, self.runner.n_inputs).slots]
+        streamed = [((b.call or {}).get("source"), (b.call or {}).get("params")) if getattr(b, "call", None) else None
+                    for b in doc.slots]
+        if whole != streamed:
+            log.info("speculative run discarded: the streamed tags differ from the whole response's")
+            return None
+        return doc
+
+    async def cancel(self) -> None:
+        await self.session.cancel()
