@@ -31,7 +31,7 @@ def _script(n: int, body: dict) -> Script:
     content = body["messages"][-1]["content"]
     text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
     if "long" in text:  # a long answer: the client has time to leave
-        return Script(content=split_every(ANSWER, 4), delay_s=0.05)
+        return Script(content=split_every(ANSWER, 10), delay_s=0.05)
     return Script(content=split_every(ANSWER, 10))
 
 
@@ -224,6 +224,12 @@ def test_a_client_that_disconnects_cancels_the_run_and_frees_its_tool_calls(llm,
         stream.close()
         assert _wait(lambda: fakes.RECORD.running == 0, 5), fakes.RECORD.running
         c.close()
+        # A non-streamed request whose client gives up waiting is cancelled too.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.base_url + "/v1/chat/completions", timeout=1.5,
+                       json={"model": "llmi", "messages": [{"role": "user", "content": "long owls"}]})
+        assert _wait(lambda: fakes.RECORD.running == 0, 5), fakes.RECORD.running
+        assert all(r.status == "cancelled" for r in srv.services.manager._recent.values())
 
 
 def test_a_background_run_survives_its_client_and_a_restart_keeps_documents(llm, tmp_path):
