@@ -280,8 +280,9 @@ class RunManager:
         except LLMIError as exc:
             status = "failed"
             partial = getattr(exc, "document", None)
-            kind = "llm_error" if isinstance(exc, LLMError) else type(exc).__name__
-            run.error = {"kind": kind, "message": str(exc)}
+            if run.error is None:  # the stream's own error event (llm_cut, llm_unreachable, ...) says it best
+                kind = "llm_error" if isinstance(exc, LLMError) else type(exc).__name__
+                run.error = {"kind": kind, "message": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a bug must end the run with a reason, not hang it
             log.exception("run %s crashed", run.id)
             status = "failed"
