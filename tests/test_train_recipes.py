@@ -195,3 +195,19 @@ def test_step_metrics_and_the_outputs(tmp_path):
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
     assert MetricsLog(tmp_path / "metrics.jsonl").truncate_after(2) == 1
     assert [l["step"] for l in MetricsLog(tmp_path / "metrics.jsonl").read()] == [1, 2]
+
+
+def test_the_train_tables_in_the_docs_resolve(tmp_path):
+    """Every ```toml block of docs/train.md with a [train] table names real fields and trainer options."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("trl")
+    text = (Path(__file__).resolve().parents[1] / "docs" / "train.md").read_text()
+    blocks = [b for b in re.findall(r"^```toml\n(.*?)^```", text, re.DOTALL | re.MULTILINE) if "[train]" in b]
+    assert blocks
+    for block in blocks:
+        cfg = tmp_path / "llmi.toml"
+        cfg.write_text(block)
+        r = recipes.resolve(None, load_settings(cfg, environ={}).train, known_trainer=recipes.trainer_fields())
+        assert r.recipe.name in recipes.RECIPES
