@@ -184,3 +184,30 @@ def test_kill_at_random_points_and_resume_repeats_nothing_finished(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["items"]["finished"] == N_ITEMS and summary["scores"]["score"]["mean"] == pytest.approx(7.5)
     assert "score 7.50" in output and "report.html" in output
+
+
+def test_options_reach_the_run(tmp_path, monkeypatch):
+    import llmi.eval.runner as runner_mod
+
+    seen = {}
+
+    async def fake_run_eval(settings, cfg, on_progress=None, **kw):
+        seen.update(settings=settings, cfg=cfg)
+        return {"title": "T", "benchmark": "llmi-bench", "items": {"finished": 0, "total": 0, "failed": 0, "pending": 0,
+                "failure_kinds": {}}, "scores": {}, "tools": {}, "cost": {}, "judge": {}}
+
+    monkeypatch.setattr(runner_mod, "run_eval", fake_run_eval)
+    data = tmp_path / "b.json"
+    data.write_text("[]")
+    model = tmp_path / "my-4b"
+    model.mkdir()
+    result = runner.invoke(app, ["eval", "llmi-bench", "--data", str(data), "-o", str(tmp_path / "run"), "--model-path",
+                                 str(model), "--judge-url", "http://j/v1", "--judge-model", "gpt-4o", "--judge-concurrency",
+                                 "3", "--limit", "5", "--ids", "1,2", "--ids", "3", "--seed", "9", "--concurrency", "6",
+                                 "--option", "steps_hint=false", "--retry-errors", "--no-progress"], env={"LLMI_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    s, cfg = seen["settings"], seen["cfg"]
+    assert s.llm.backend == "transformers" and s.llm.model_path == str(model)
+    assert (s.eval_judge.base_url, s.eval_judge.model, s.eval_judge.concurrency) == ("http://j/v1", "gpt-4o", 3)
+    assert (cfg.limit, cfg.ids, cfg.seed, cfg.concurrency, cfg.retry_errors) == (5, ["1", "2", "3"], 9, 6, True)
+    assert cfg.options == {"steps_hint": False, "model_name": "my-4b"}

@@ -231,7 +231,7 @@ class Benchmark(ABC):
         """Every item of the data file, in file order. Raises :class:`InputError` for an unusable file."""
 
     def request(self, item: Item, *, sampling: Any = None) -> Any:
-        """The generation request for ``item`` (an :class:`llmi.request.Request` when that module exists)."""
+        """The generation request for ``item`` (an :class:`llmi.request.Request`)."""
         return make_request(item.prompt, images=item.images, sampling=sampling, image_num=item.image_num,
                             tools=item.tools or None)
 
@@ -319,31 +319,15 @@ def split_at_markers(text: str) -> list[str | int]:
 
 def make_request(prompt: str, *, images: Sequence[ImageRef] = (), sampling: Any = None, image_num: int | None = None,
                  tools: Sequence[str] | None = None, system_prompt: str | None = None) -> Any:
-    """A generation request: :class:`llmi.request.Request` when the groundwork has landed it, else the
-    stand-in :class:`EvalRequest` with the same field names (images are decoded later)."""
-    try:
-        from ..request import Request, Sampling  # type: ignore[import-not-found]
-    except ImportError:
-        return EvalRequest(prompt=prompt, images=tuple(images), sampling=sampling, system_prompt=system_prompt,
-                           image_num=image_num, tools=tuple(tools) if tools is not None else None)
-    decoded = tuple(load_image(r) for r in images)
-    kw: dict[str, Any] = {"prompt": prompt, "images": decoded, "system_prompt": system_prompt,
+    """A :class:`llmi.request.Request` (input images decoded; ``sampling`` a :class:`~llmi.request.Sampling`
+    or a dict of its fields)."""
+    from ..request import Request, Sampling
+
+    kw: dict[str, Any] = {"prompt": prompt, "images": tuple(load_image(r) for r in images), "system_prompt": system_prompt,
                           "image_num": image_num, "tools": tuple(tools) if tools is not None else None}
     if sampling is not None:
         kw["sampling"] = sampling if isinstance(sampling, Sampling) else Sampling(**dict(sampling))
     return Request(**kw)
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """Stand-in for :class:`llmi.request.Request` until it lands (same field names)."""
-
-    prompt: str
-    images: tuple[ImageRef, ...] = ()
-    sampling: Any = None
-    system_prompt: str | None = None
-    image_num: int | None = None
-    tools: tuple[str, ...] | None = None
 
 
 def safe_name(item_id: str) -> str:

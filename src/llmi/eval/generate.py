@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .base import EvalRequest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..document import Document
@@ -46,8 +45,7 @@ async def generate_item(request: Any, settings: Any, tts: int | None = None, *, 
                         tts_options: dict[str, Any] | None = None) -> Generated:
     """Write one item's document.
 
-    ``request`` is an :class:`llmi.request.Request` (or the stand-in :class:`~llmi.eval.base.EvalRequest`
-    while the request module has not landed); ``llm`` and ``engine`` are shared by the run. Raises
+    ``request`` is an :class:`llmi.request.Request`; ``llm`` and ``engine`` are shared by the run. Raises
     :class:`~llmi.errors.LLMError` when the LLM fails (a document cut part-way is an error too: a broken
     stream says nothing about the model's quality).
     """
@@ -64,14 +62,7 @@ async def generate_item(request: Any, settings: Any, tts: int | None = None, *, 
             usage.update(getattr(ev, "usage", None) or {})
 
     t0 = time.perf_counter()
-    if isinstance(request, EvalRequest):
-        from .base import load_image
-
-        images = [load_image(r) for r in request.images]
-        doc = await agenerate(request.prompt, images=images, settings=settings, llm=llm, engine=engine,
-                              trace=trace, on_event=on_event)
-    else:
-        doc = await agenerate(request, settings=settings, llm=llm, engine=engine, trace=trace, on_event=on_event)
+    doc = await agenerate(request, settings=settings, llm=llm, engine=engine, trace=trace, on_event=on_event)
     return Generated(
         document=doc,
         response=trace.raw_response,
@@ -88,8 +79,6 @@ async def _generate_tts(request: Any, settings: Any, n: int, *, llm: Any, engine
         from ..tts.pipeline import tts as run_tts  # type: ignore[import-not-found]
     except ImportError as exc:
         raise ConfigError(f"--tts needs llmi.tts (test-time scaling), which is not available here: {exc}") from None
-    if isinstance(request, EvalRequest):
-        raise ConfigError("--tts needs llmi.request.Request (the groundwork's request value), which is not available yet")
     params = inspect.signature(run_tts).parameters
     kw: dict[str, Any] = {"n": n, **options}
     for name, value in (("settings", settings), ("llm", llm), ("engine", engine)):

@@ -344,8 +344,6 @@ async def run_eval(settings: Any, cfg: EvalConfig, *, on_progress: ProgressFn | 
 
     started = time.perf_counter()
     bench = registry.get(cfg.benchmark)(cfg.data, options=cfg.options, settings=settings)
-    if cfg.seed is not None and not _has_request_api():
-        settings = _with_seed(settings, cfg.seed)
     if cfg.judge and bench.needs_judge and judge is None:
         eval_judge_settings(settings)  # a missing judge fails before anything is written
     items, imported = load_items(bench, cfg)
@@ -429,23 +427,6 @@ def _inside(p: Path, root: Path) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _has_request_api() -> bool:
-    try:
-        import llmi.request  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _with_seed(settings: Any, seed: int) -> Any:
-    """Before the request value lands, the seed travels in the LLM request body (OpenAI-compatible servers
-    accept ``seed``)."""
-    llm = settings.llm.model_copy(update={"extra_body": {**settings.llm.extra_body, "seed": seed}})
-    new = settings.model_copy(update={"llm": llm})
-    new._config_dir = getattr(settings, "_config_dir", None)
-    return new
 
 
 class _RunningScore:
