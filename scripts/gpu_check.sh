@@ -144,5 +144,15 @@ if "cuda" not in devices:
     print("(no CUDA here: cpu only)")
 PYEOF
 
+echo "== llmi train: 2 GRPO steps + resume, a VLM step, LoRA (tiny models; cuda when torch sees a GPU)"
+if $PY -c "import trl, peft" 2>/dev/null; then
+  timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_train_e2e.py -o addopts="" -rs || status=1
+  if $PY -c "import vllm" 2>/dev/null; then
+    echo "(vllm is installed: llmi train --use-vllm --vllm-mode colocate is not exercised by the tiny models)"
+  fi
+else
+  echo "(trl/peft not on this machine: carry their wheels in .whl/ to run the training check)"
+fi
+
 echo "== gpu_check: $([ $status = 0 ] && echo OK || echo FAILED)"
 exit $status
