@@ -233,3 +233,22 @@ def test_a_bad_reward_table_is_a_clear_error(tmp_path):
     cfg.write_text("[reward]\nw_num = -1\n", encoding="utf-8")
     result = invoke([str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--no-judges"])
     assert result.exit_code == 2 and "w_num" in result.output
+
+
+def test_a_row_with_unusable_input_is_done_and_not_redone_by_a_rerun(tmp_path, judge_server):
+    # a line that is not JSON and a row without a response: their rows hold the input error (mllm "off",
+    # like a --no-judges row) but are done — a rerun with judges repeats nothing
+    (tmp_path / "in.jsonl").write_text(
+        json.dumps(row_with_document(0)) + "\nnot json {\n" + json.dumps({"prompt": "Q"}) + "\n", encoding="utf-8")
+    out_path = tmp_path / "out.jsonl"
+    with judge_server(reply) as (url, server):
+        args = [str(tmp_path / "in.jsonl"), "-o", str(out_path), "--llm-judge-url", url, "--llm-judge-model", "judge-1",
+                "--mllm-judge-url", url, "--mllm-judge-model", "judge-1", "--no-progress"]
+        assert invoke(args).exit_code == 0
+        first = read_jsonl(out_path)
+        requests = len(server.requests)
+        again = invoke(args)
+    assert again.exit_code == 0, again.output
+    assert "3 already done" in " ".join(again.output.split())
+    assert read_jsonl(out_path) == first and len(server.requests) == requests
+    assert [sorted(r["reward"]["errors"]) for r in first] == [[], ["input"], ["input"]]

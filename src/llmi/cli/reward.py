@@ -31,14 +31,16 @@ ID_KEY = "_line"
 
 def redo_predicate(*, retry_errors: bool, judges: bool):
     """Which rows of OUT are not done: with ``retry_errors``, rows whose judge or tools failed; with
-    ``judges``, rows a ``--no-judges`` run left with rule parts only (``mllm == "off"``)."""
+    ``judges``, rows a ``--no-judges`` run left with rule parts only (``mllm == "off"``). A row whose
+    input was unusable (``errors.input``: not JSON, a missing key, an unreadable image) is done: running
+    it again gives the same error."""
 
     def redo(row: dict) -> bool:
         reward = row.get("reward") if isinstance(row.get("reward"), dict) else {}
         errors = reward.get("errors") or {}
         if retry_errors and any(k in errors for k in RETRYABLE_ERRORS):
             return True
-        return judges and reward.get("mllm") == "off"
+        return judges and reward.get("mllm") == "off" and "input" not in errors
 
     return redo
 
