@@ -9,7 +9,7 @@ finished: the run folder is the state, as in a local run.
 
 Concurrency caps (``--concurrency``, ``[eval_judge] concurrency``) apply per actor. ``ADDRESS`` is anything
 ``ray.init`` accepts (``auto``, ``ray://head:10001``); ``local`` starts a private local Ray on this machine
-(the tests use it, on CPU). Ray is optional: ``pip install ray``.
+(the tests use it, on CPU). Ray is optional: ``pip install 'llmi[eval]'``.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class RayItems:
         try:
             import ray
         except ImportError:
-            raise ConfigError("--ray needs Ray: pip install ray") from None
+            raise ConfigError("--ray needs Ray: pip install 'llmi[eval]' (or pip install ray)") from None
         address = self.cfg.ray
         if not ray.is_initialized():
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}

@@ -27,8 +27,10 @@ from .stats import fmt_ci
 
 log = logging.getLogger(__name__)
 
-THUMB_SIDE = 640
-MAX_DOCUMENTS = 300
+THUMB_SIDE = 512
+MAX_DOCUMENTS = 200
+#: Images larger than this (bytes) are re-encoded as JPEG thumbnails even when small in pixels.
+THUMB_BYTES = 150_000
 
 _CSS = """
 .ev-page { max-width: 72rem; margin: 0 auto; padding: 1.5rem 1.25rem 4rem; }
@@ -163,13 +165,13 @@ def _img(data: bytes | None, alt: str) -> str:
 
 
 def thumbnail_document(doc: Any, side: int = THUMB_SIDE) -> Any:
-    """``doc`` with every image shrunk to at most ``side`` pixels (pure: a new document)."""
+    """``doc`` with every image shrunk to at most ``side`` pixels, large files re-encoded (pure: a new document)."""
     from ..document import Document, ImageBlock
     from ..images import ImageData
 
     blocks = []
     for b in doc.blocks:
-        if isinstance(b, ImageBlock) and max(b.width, b.height) > side:
+        if isinstance(b, ImageBlock) and (max(b.width, b.height) > side or len(b.data) > THUMB_BYTES):
             try:
                 im = b.image.to_pil()
                 im.thumbnail((side, side))
