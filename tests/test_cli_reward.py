@@ -252,3 +252,15 @@ def test_a_row_with_unusable_input_is_done_and_not_redone_by_a_rerun(tmp_path, j
     assert "3 already done" in " ".join(again.output.split())
     assert read_jsonl(out_path) == first and len(server.requests) == requests
     assert [sorted(r["reward"]["errors"]) for r in first] == [[], ["input"], ["input"]]
+
+
+def test_a_line_that_is_not_utf8_is_that_rows_error_and_a_bom_is_allowed(tmp_path):
+    good = json.dumps(row_with_document(0)).encode()
+    (tmp_path / "in.jsonl").write_bytes(b"\xef\xbb\xbf" + good + b'\n{"prompt": "x\xff", "response": "y"}\n' + good + b"\n")
+    out_path = tmp_path / "out.jsonl"
+    result = invoke([str(tmp_path / "in.jsonl"), "-o", str(out_path), "--no-judges", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = read_jsonl(out_path)
+    assert [r["_line"] for r in out] == [0, 1, 2]
+    assert out[0]["reward"]["errors"] == {} and out[2]["reward"]["errors"] == {}
+    assert out[1]["reward"]["errors"]["input"] == "line 2 is not UTF-8 text (invalid byte at column 14)"

@@ -51,10 +51,16 @@ class _BadLine:
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """``(line_number, row)`` for every non-blank line of IN; a line that is not JSON gives a ``_BadLine``."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
+    """``(line_number, row)`` for every non-blank line of IN; a line that is not UTF-8 JSON gives a
+    ``_BadLine`` (one bad line is that row's error, not the batch's end). A byte-order mark is allowed."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8-sig" if n == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield n, _BadLine(f"line {n + 1} is not UTF-8 text (invalid byte at column {exc.start + 1})")
                 continue
             try:
                 yield n, json.loads(line)
@@ -64,7 +70,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 def count_rows(path: Path) -> int:
     """How many rows :func:`iter_rows` yields (one per non-blank line), without parsing them."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 
 
