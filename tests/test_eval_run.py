@@ -357,6 +357,8 @@ async def test_llmi_test_run_reports_reward_components(tmp_path):
     with SSEServer(policy) as llm, _judge_server(reply) as (jurl, judge):
         summary = await run_eval(settings_for(llm.base_url, jurl), EvalConfig("llmi-test", tmp_path / "run", data=data))
         assert len(judge.requests) == 4
+        # JSON mode is on by default: every request also asks for JSON in words (OpenAI refuses it otherwise)
+        assert all(b["response_format"] == {"type": "json_object"} and "JSON" in user_text(b) for b in judge.requests)
         again = await run_eval(settings_for(llm.base_url, jurl), EvalConfig("llmi-test", tmp_path / "run", data=data))
         assert len(judge.requests) == 4 and again["scores"] == summary["scores"]
     comp = summary["scores"]["components"]

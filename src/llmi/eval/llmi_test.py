@@ -73,6 +73,24 @@ def _question(prompt: Any) -> tuple[str, str | None]:
     return user, system
 
 
+_JSON_NOTE = ("\n\nGive your answer as one JSON object whose keys are the output labels above and whose values are "
+              "the scores.")
+
+
+def _json_mode(messages: list[dict[str, Any]], calls: JudgeCalls) -> list[dict[str, Any]]:
+    """With ``[eval_judge] json_mode`` the endpoint must be asked for JSON in words too (OpenAI refuses a JSON
+    response format otherwise); the reward's score parser reads ``{"Text": 4, "Image": 3}`` as well."""
+    settings = getattr(calls.judge, "settings", None)
+    if not getattr(settings, "json_mode", False):
+        return messages
+    last = dict(messages[-1])
+    if isinstance(last["content"], str):
+        last["content"] += _JSON_NOTE
+    else:
+        last["content"] = list(last["content"]) + [{"type": "text", "text": _JSON_NOTE}]
+    return messages[:-1] + [last]
+
+
 class _CachedLLMJudge:
     """The reward's text judge, asked through the run's stored judge calls."""
 
@@ -82,7 +100,8 @@ class _CachedLLMJudge:
         self.prompt = load_prompt("judge_text")
 
     async def score(self, question: str, response: str) -> tuple[float, float]:
-        got = await self.calls.ask("llm_judge", llm_judge_messages(self.prompt, question, response), parse_llm_scores)
+        messages = _json_mode(llm_judge_messages(self.prompt, question, response), self.calls)
+        got = await self.calls.ask("llm_judge", messages, parse_llm_scores)
         if isinstance(got, CallFailed):
             raise JudgeFailure(got.error, kind=got.error.split(":", 1)[0])
         return tuple(got)  # type: ignore[return-value]
@@ -95,7 +114,7 @@ class _CachedMLLMJudge:
         self.prompt = load_prompt("judge_images")
 
     async def score(self, question: str, document: Document, input_images: Any = ()) -> tuple[float, float, float]:
-        messages = mllm_judge_messages(self.prompt, question, document, list(input_images))
+        messages = _json_mode(mllm_judge_messages(self.prompt, question, document, list(input_images)), self.calls)
         got = await self.calls.ask("mllm_judge", messages, parse_mllm_scores)
         if isinstance(got, CallFailed):
             raise JudgeFailure(got.error, kind=got.error.split(":", 1)[0])
