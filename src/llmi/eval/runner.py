@@ -359,14 +359,17 @@ async def run_eval(settings: Any, cfg: EvalConfig, *, on_progress: ProgressFn | 
         "tts": cfg.tts,
         "seed": cfg.seed,
     })
-    before = read_output(run.results)
-    scores = _RunningScore([r.get("score") for r in before.values() if "error" not in r])
     by_id = {i.id: i for i in items}
 
     def redo(row: dict[str, Any]) -> bool:
         if cfg.judge and bench.needs_judge and row.get("judged_by") is None and "error" not in row:
             return True  # left by a generate-only run: judge it now
         return cfg.retry_errors and bool(row.get("excluded"))
+
+    before = read_output(run.results)
+    # the running score starts from the items already finished that this run keeps as they are
+    scores = _RunningScore([r.get("score") for k, r in before.items() if str(k) in by_id and "error" not in r
+                            and not redo(r)])
 
     async def report_progress(ev: Any) -> None:
         if on_progress is not None:
@@ -380,8 +383,6 @@ async def run_eval(settings: Any, cfg: EvalConfig, *, on_progress: ProgressFn | 
         if cfg.ray:
             from .distributed import RayItems
 
-            if cfg.judge and bench.needs_judge:
-                eval_judge_settings(settings)
             async with RayItems(settings, cfg, workers=cfg.ray_workers, imported=imported) as pool:
                 async def work(item_id: Any, item: Item) -> dict[str, Any]:
                     row = await pool.process(item)
