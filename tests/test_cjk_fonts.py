@@ -90,3 +90,60 @@ def test_doctor_matches_what_the_chart_worker_would_choose(doctor):
         assert f"CJK text: {found[0]}" in r.output
     else:
         assert "no CJK font" in r.output
+
+
+def test_the_cjk_font_is_part_of_a_charts_cache_key(monkeypatch):
+    """A chart cached while no CJK font was installed (boxes) is not served once one is."""
+    from types import SimpleNamespace
+
+    import llmi.tools.code.backend as backend
+    import llmi.tools.code.worker as worker
+    from llmi.cache import call_key
+
+    sandbox = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(sandbox=SimpleNamespace(dpi=150))))
+
+    def key(found):
+        monkeypatch.setattr(worker, "find_cjk_font", lambda fonts=None: found)
+        backend.cjk_font_family.cache_clear()
+        ident = backend.SandboxChartBackend.cache_identity(sandbox)
+        return ident, call_key("code", "sandbox", {"code": "plt.title('销售额')"}, ident, None)
+
+    try:
+        without, k1 = key(None)
+        with_font, k2 = key(("Noto Sans CJK SC", "/f.ttc"))
+    finally:
+        backend.cjk_font_family.cache_clear()
+    assert without["cjk_font"] is None and with_font["cjk_font"] == "Noto Sans CJK SC" and k1 != k2
+
+
+def test_render_hints_when_a_chart_drew_boxes(tmp_path, monkeypatch):
+    """matplotlib's "Glyph ... missing from font(s)" warnings (passed on by the sandbox) become one hint."""
+    from typer.testing import CliRunner
+
+    import llmi.cli.render  # noqa: F401 - registers the command
+    from llmi.cli import app
+    from llmi.tools import registry
+    from llmi.tools.base import Backend, ToolRequest, ToolResult
+    from tests.fakes import png_for
+
+    class Boxes(Backend):
+        tool, name = "code", "boxes"
+
+        async def run(self, request: ToolRequest) -> ToolResult:
+            return ToolResult(png_for(request.params["code"]), {"font": "DejaVu Sans", "warnings": [
+                "Glyph 38144 (\\N{CJK UNIFIED IDEOGRAPH-9500}) missing from font(s) DejaVu Sans."]})
+
+    registry.register(Boxes)
+    try:
+        cfg = tmp_path / "llmi.toml"
+        cfg.write_text('[tools.code]\nbackends = ["boxes"]\n[cache]\nenabled = false\n', encoding="utf-8")
+        resp = tmp_path / "r.txt"
+        resp.write_text('<imgen>{"source": "code", "description": "d", "params": {"code": "plt.title(\'销售\')"}}'
+                        "</imgen>", encoding="utf-8")
+        monkeypatch.setenv("COLUMNS", "200")
+        r = CliRunner().invoke(app, ["render", str(resp), "-c", str(cfg), "-o", str(tmp_path / "o.json")])
+    finally:
+        registry.unregister("code", "boxes")
+    assert r.exit_code == 0, r.output
+    assert "hint: 1 chart(s) use characters the chart fonts lack" in " ".join(r.output.split())
+    assert "llmi doctor" in r.output

@@ -61,6 +61,20 @@ def render_cmd(
     if setup:
         info(f"hint: {', '.join(setup)} tags failed because no backend is set up for them; "
              "`llmi doctor` shows why")
+    boxes = missing_glyph_charts(doc)
+    if boxes:
+        info(f"hint: {boxes} chart(s) use characters the chart fonts lack (drawn as boxes; Chinese, Japanese "
+             "or Korean text needs a CJK font); `llmi doctor` says which to install")
+
+
+def missing_glyph_charts(doc) -> int:
+    """How many charts matplotlib drew with glyphs missing from every font (its warnings, which the
+    sandbox passes on in the provenance)."""
+    return sum(
+        1 for b in doc.images
+        if b.tool == "code" and any(isinstance(w, str) and "missing from font" in w
+                                    for w in b.provenance.get("warnings") or ())
+    )
 
 
 def check_configuration(engine) -> None:
