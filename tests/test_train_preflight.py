@@ -145,3 +145,21 @@ def test_the_built_in_system_prompt_replaces_the_datasets(tmp_path, judges):
     assert p.usable_tools == ["search", "code", "edit"]
     assert [r.prompt[0] for r in p.rows] == [{"role": "system", "content": expected}] * 2
     assert [m["role"] for m in p.rows[0].prompt] == ["system", "user"]
+
+
+def test_resuming_with_other_data_is_refused(tmp_path, judges):
+    model = ts.build_text_model(tmp_path / "m")
+    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0])
+    data = ts.write_parquet(tmp_path / "d.parquet", ts.llmi_rows(4))
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (out / "checkpoint-1").mkdir()  # no trainer state: not a checkpoint to resume from
+    (out / "llmi_train.json").write_text('{"fingerprint": "0123456789abcdef"}')
+    req = TrainRequest(model=str(model), data=[str(data)], output_dir=out, settings=load_settings(cfg, environ={}),
+                       resume=True)
+    with pytest.raises(TrainDataError, match="differs from the run"):
+        plan(req)
+    from llmi.train.runner import last_checkpoint
+
+    assert last_checkpoint(out).name == "checkpoint-2"

@@ -246,3 +246,37 @@ def test_the_launch_writes_verl_data_and_a_ray_job_submit_script(tmp_path):
 
     assert subprocess.run(["bash", "-n", str(launch.script)]).returncode == 0
     assert json.loads((tmp_path / "run" / "verl_overrides.json").read_text()) == o
+
+
+def test_llmi_train_backend_verl_writes_the_launch(tmp_path, judges, monkeypatch):
+    from typer.testing import CliRunner
+
+    from llmi.cli import app
+
+    model = ts.build_text_model(tmp_path / "m")
+    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0], train='nnodes = 4\ngpus_per_node = 2\n[train.verl]\n'
+                                                                  '"trainer.project_name" = "mine"')
+    data = ts.write_parquet(tmp_path / "d.parquet", ts.llmi_rows(4))
+    val = ts.write_parquet(tmp_path / "v.parquet", ts.llmi_rows(2))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    args = ["train", "--backend", "verl", "--model", str(model), "--data", str(data), "--val-data", str(val),
+            "-o", str(out), "--config", "llmi.toml"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "ray job submit --no-wait --working-dir . -- python3 -m verl.trainer.main_ppo" in r.output
+    o = json.loads((out / "verl_overrides.json").read_text())
+    assert (o["trainer.nnodes"], o["trainer.n_gpus_per_node"], o["trainer.project_name"]) == (4, 2, "mine")
+    assert o["+reward.reward_kwargs.llmi_config"] == "llmi.toml"  # relative to the uploaded working dir
+    assert o["data.val_files"] == [str((out / "data" / "val.parquet").resolve())]
+    assert o["actor_rollout_ref.rollout.n"] == 2  # [train] num_generations from the test config
+    from llmi.train.data import read_rows
+
+    rows = read_rows([out / "data" / "train.parquet"])
+    assert len(rows) == 4 and all(r.prompt[0]["content"].startswith(ts.SYSTEM) for r in rows)
+    # --submit needs the ray command (not installed next to TRL)
+    import shutil
+
+    if shutil.which("ray") is None:
+        r = CliRunner().invoke(app, args + ["--submit"])
+        assert r.exit_code == 2 and "`ray` command is not installed" in r.output

@@ -210,6 +210,17 @@ def _run_record(p: Plan) -> dict[str, Any]:
     }
 
 
+def _impute(p: Plan) -> str:
+    """``[train] impute`` (or its flag) when given, else ``[reward] impute`` when that was set, else the default."""
+    req = p.request
+    if "impute" in req.settings.train.model_fields_set or "impute" in req.flags:
+        return p.resolved.llmi.impute
+    section = getattr(req.settings, "reward", None)
+    if section is not None and "impute" in getattr(section, "model_fields_set", ()):
+        return str(section.impute)
+    return p.resolved.llmi.impute
+
+
 def world_size() -> int:
     try:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
@@ -318,7 +329,7 @@ def run_trl(p: Plan) -> TrainResult:
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"TRL refused the training options: {exc}") from exc
     dataset = trl_dataset(p.rows, max_pixels=p.resolved.llmi.max_image_pixels)
-    reward = TrainingReward(req.settings, p.reward, impute=p.resolved.llmi.impute, execute=req.execute)
+    reward = TrainingReward(req.settings, p.reward, impute=_impute(p), execute=req.execute)
     outputs = RunOutputs(reward, out, samples_every=p.resolved.llmi.samples_every,
                          samples_per_page=p.resolved.llmi.samples_per_page)
     trainer = epoch_seeded_trainer(trl)(
