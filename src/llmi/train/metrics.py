@@ -136,6 +136,9 @@ def plot(lines: Sequence[dict[str, Any]], path: Path) -> Path | None:
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
                     linewidth=2.2 if key == "reward" else 1.2, label=key)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("value (all in [0, 1])")
     ax.set_title("llmi train: reward and components")
