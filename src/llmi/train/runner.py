@@ -249,8 +249,6 @@ def grpo_args(p: Plan) -> dict[str, Any]:
                         "%d process(es); rounding gradient_accumulation_steps", s.prompt_batch, generations,
                         per_device, world_size())
         t["gradient_accumulation_steps"] = max(1, math.ceil(ga))
-    if s.lora:
-        t.setdefault("gradient_checkpointing", False)
     try:
         import torch
 
