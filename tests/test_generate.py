@@ -704,6 +704,21 @@ async def test_reasoning_streamed_without_an_opening_think_stays_out_of_the_docu
     assert trace.raw_response == response
 
 
+async def test_a_server_said_to_start_in_reasoning_streams_no_reasoning_as_text():
+    """[llm] starts_in_think = true: the reply is read inside reasoning from its first delta, so no `text`
+    event (what the CLI prints, what a server streams) carries the reasoning, and no draft call runs."""
+    from llmi import events as E
+
+    response = "I should chart it " + tag("code", "draft", code="draft") + " first.</think>Answer " + \
+        tag("search", "river", query="river")
+    with SSEServer(Script(content=split_every(response, 4))) as srv:
+        got: list = []
+        doc = await G.agenerate("Write", settings=settings_for(srv.base_url, starts_in_think=True), on_event=got.append)
+    assert "".join(e.text for e in got if isinstance(e, E.TextEvent)) == doc.text == "Answer "
+    assert [e.source for e in got if isinstance(e, E.ToolStarted)] == ["search"]
+    assert "".join(e.text for e in got if isinstance(e, E.ThinkEvent)).startswith("I should chart it")
+
+
 async def test_concurrent_runs_on_one_llm_keep_their_own_finish_reason_and_usage():
     from llmi.llm import create_llm
 

@@ -58,6 +58,10 @@ class LLMSettings(_Section):
     vision: bool | None = Field(None, description="does the model see images? None: assume yes for openai")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="backend knobs passed through")
     system_prompt_file: str = Field("", description="replace the built-in system prompt")
+    starts_in_think: bool | None = Field(
+        None, description="for backend 'openai': true when replies begin inside reasoning without an opening "
+        "<think> (the chat template opens it, the server has no reasoning parser); None: found out from the "
+        "reply (its reasoning is then streamed as text until the first </think>)")
 
 
 class ToolSettings(_Section):

@@ -147,6 +147,11 @@ class OpenAICompatLLM(LLMBackend):
         return safe_url(self.base_url)
 
     @property
+    def starts_in_think(self) -> bool | None:
+        # A server cannot say whether its chat template opens <think>; the user can ([llm] starts_in_think).
+        return self.settings.starts_in_think
+
+    @property
     def supports_images(self) -> bool:
         # Chat servers accept image parts; a text-only model behind one rejects them, which the user
         # states with `vision = false`.
