@@ -719,6 +719,19 @@ async def test_a_server_said_to_start_in_reasoning_streams_no_reasoning_as_text(
     assert "".join(e.text for e in got if isinstance(e, E.ThinkEvent)).startswith("I should chart it")
 
 
+def test_cli_hints_when_a_reply_began_inside_reasoning(tmp_path, monkeypatch):
+    response = "I plan it.</think>The answer."
+    for extra, hinted in (("", True), ("[llm]\nstarts_in_think = true\n", False)):
+        with SSEServer(Script(content=split_every(response, 5)), models=["m"]) as srv:
+            res = _cli(["Write", "-o", str(tmp_path / "o.md"), "--base-url", srv.base_url], TOML + extra,
+                       tmp_path, monkeypatch)
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "o.md").read_text(encoding="utf-8").count("I plan it") == 0
+        said = " ".join(res.stderr.split())
+        assert ("hint: the reply began inside reasoning" in said) is hinted, said
+        assert ("starts_in_think = true" in said) is hinted
+
+
 async def test_concurrent_runs_on_one_llm_keep_their_own_finish_reason_and_usage():
     from llmi.llm import create_llm
 

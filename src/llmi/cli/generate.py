@@ -133,12 +133,26 @@ def generate_cmd(
     console.print(summary, highlight=False)
     if tpath is not None:
         console.print(f"trace: {tpath}", highlight=False)
+    if not quiet and _began_in_reasoning(run_trace.raw_response, settings):
+        console.print("hint: the reply began inside reasoning without an opening <think> (the server's chat "
+                      "template opens it): the reasoning streamed above as text, but is not in the document. "
+                      "Set [llm] starts_in_think = true (or LLMI_LLM__STARTS_IN_THINK=1) to read such replies "
+                      "as reasoning from the start", highlight=False, markup=False, soft_wrap=True)
     if run_trace.finish_reason == "length":
         console.print(f"[yellow]warning:[/] the model stopped at max_tokens ({settings.llm.max_tokens}); the document "
                       "may be cut — raise --max-tokens", highlight=False, soft_wrap=True)
     if status:
         console.print(f"[bold red]error:[/] {message} (partial document written)", highlight=False, soft_wrap=True)
         raise typer.Exit(status)
+
+
+def _began_in_reasoning(raw_response: str, settings: Any) -> bool:
+    """Whether the reply was re-read as starting inside reasoning (a first bare ``</think>``) while nothing
+    said so beforehand — so its reasoning was echoed as text before the re-read."""
+    from ..protocol import starts_in_think
+
+    return (settings.llm.backend == "openai" and settings.llm.starts_in_think is None
+            and starts_in_think(raw_response))
 
 
 def _extra_body(raw: str | None, no_think: bool) -> dict[str, Any]:
