@@ -36,24 +36,23 @@ import json
 import re
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmi.config import load_settings  # noqa: E402
-from llmi.engine import Engine  # noqa: E402
-from llmi.errors import ToolError  # noqa: E402
-from llmi.generation import Trace, agenerate  # noqa: E402
-from llmi.images import ImageData  # noqa: E402
-from llmi.llm import create_llm  # noqa: E402
-from llmi.tools import registry  # noqa: E402
-from llmi.tools.base import Backend, BackendOptions, ToolRequest, ToolResult  # noqa: E402
-from llmi.tts import tts  # noqa: E402
-from llmi.tts.cost import Cost  # noqa: E402
-from tests.helpers import loopback_server, make_png, send  # noqa: E402
-from tests.sse_server import Script, SSEServer  # noqa: E402
+from llmi.config import load_settings
+from llmi.engine import Engine
+from llmi.errors import ToolError
+from llmi.generation import Trace, agenerate
+from llmi.images import ImageData
+from llmi.llm import create_llm
+from llmi.tools import registry
+from llmi.tools.base import Backend, BackendOptions, ToolRequest, ToolResult
+from llmi.tts import tts
+from llmi.tts.cost import Cost
+from tests.helpers import loopback_server, make_png, send
+from tests.sse_server import Script, SSEServer
 
 PNG = ImageData.from_bytes(make_png(32, 32))
 DESCRIPTION = "A red and white lighthouse on a rocky coast"
@@ -157,6 +156,12 @@ def settings_for(llm_url: str, judge_url: str, latency: float):
 
 async def measure(args: argparse.Namespace, settings) -> dict:
     out: dict[str, list] = {"single": [], "enhance": [], "polish": []}
+    async with Engine(settings, cache=False) as engine:  # warm-up, not measured: connections, imports
+        llm = create_llm(settings.llm)
+        try:
+            await agenerate("warm up", settings=settings, llm=llm, engine=engine)
+        finally:
+            await llm.aclose()
     for _ in range(args.repeat):
         async with Engine(settings, cache=False) as engine:
             llm = create_llm(settings.llm)

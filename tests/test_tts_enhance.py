@@ -257,7 +257,7 @@ async def test_reward_selector_runs_every_candidate_and_reuses_the_winners_docum
 
     def mllm_judge(body, n):
         good = image_colors(body) == [lighthouse]
-        return "Image Quality: 5\nTask Relevance: {0}\nText-Image Relevance: {0}".format(5 if good else 1)
+        return f"Image Quality: 5\nTask Relevance: {5 if good else 1}\nText-Image Relevance: {5 if good else 1}"
 
     with SSEServer(policy_script(cands)) as policy, judge_server(llm_judge) as (jurl, _), \
             judge_server(mllm_judge) as (murl, _):

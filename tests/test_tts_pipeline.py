@@ -22,7 +22,7 @@ from tests.sse_server import SSEServer
 from tests.tts_fakes import between, graded_by_marker, policy_script, settings_for, tag, user_text
 
 pytest.importorskip("matplotlib")
-from llmi.tools.code import sandbox as sb  # noqa: E402
+from llmi.tools.code import sandbox as sb
 
 _missing = sb.plan_layers(sb.detect())[1]
 needs_sandbox = pytest.mark.skipif(bool(_missing), reason=f"host lacks sandbox layers: {', '.join(_missing)}")
@@ -229,7 +229,7 @@ async def test_tie_settled_by_a_pairwise_match(judge_server):
             return "Winner: A" if "BRAVO" in first else "Winner: B"
         return "Text: 4\nImage: 4"  # the same grades for both
 
-    with SSEServer(policy_script(cands)) as policy, judge_server(reply) as (jurl, judge):
+    with SSEServer(policy_script(cands)) as policy, judge_server(reply) as (jurl, _):
         settings = settings_for(policy.base_url, judge_url=jurl)
         result = await tts("Coast", n=2, settings=settings, stages="sample,check,select")
     sel = result.selection

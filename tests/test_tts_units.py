@@ -344,9 +344,11 @@ def test_settings_validate_stages_and_reject_unknown_keys():
     assert normalise_stages(["check"]) == ["sample", "check"]  # sample is always in
     with pytest.raises(ValueError):
         normalise_stages("sample,shine")
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="selecter"):
         TTSSettings(selecter="judge")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"\[0, 2\]"):
         TTSSettings(temperatures=[3.0])
     s = TTSSettings.model_validate({"enhance": {"code": {"max_fixes": 3}}, "stages": ["sample", "select"]})
     assert s.enhance.code.max_fixes == 3 and s.stages == ["sample", "select"]

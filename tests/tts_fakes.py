@@ -11,8 +11,9 @@ import base64
 import io
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.sse_server import Script, split_every
 

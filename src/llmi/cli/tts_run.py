@@ -88,13 +88,13 @@ class StageProgress:
         self.lines: dict[tuple, tuple[str, str]] = {}
         self._live: Live | None = None
 
-    def __enter__(self) -> "StageProgress":
+    def __enter__(self) -> StageProgress:
         if self.live_mode:
             self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.update(self._render())
             self._live.__exit__(*exc)

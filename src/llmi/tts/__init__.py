@@ -32,7 +32,7 @@ _LAZY = {
     "TTSSettings": "llmi.tts.config",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["STAGES", "Budget", "BudgetExhausted", "Cost", "TTSResult", "TTSSettings", "stage_table", "tts"]
 
 
 def __getattr__(name: str) -> Any:

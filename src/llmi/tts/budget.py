@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigError, LLMIError
 from .cost import charge_call, charge_tool
@@ -65,7 +66,7 @@ class Budget:
         return all(getattr(self, f.name) is None for f in fields(self))
 
     @classmethod
-    def parse(cls, spec: "Budget | str | Mapping[str, Any] | None") -> "Budget":
+    def parse(cls, spec: Budget | str | Mapping[str, Any] | None) -> Budget:
         """``"calls=40,seconds=120"`` (also ``tools=``, ``tokens=``, ``20k``), a mapping, a Budget, or
         None / ``""`` for no limit. Raises :class:`~llmi.errors.ConfigError` naming the bad part."""
         if spec is None or isinstance(spec, Budget):
@@ -128,7 +129,7 @@ def _number(name: str, value: Any) -> int | float:
 class Reservation:
     """A granted model call: settle it with the server's usage when the call is over (or failed)."""
 
-    def __init__(self, meter: "Meter", est_in: int, max_out: int | None, reserved: int):
+    def __init__(self, meter: Meter, est_in: int, max_out: int | None, reserved: int):
         self.meter = meter
         self.est_in = est_in
         #: The reply cap to send (``None``: no cap — only when no token budget and none requested).

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import LLMError, LLMIError
 from ..images import ImageData
@@ -184,7 +185,7 @@ _REFUSED: contextvars.ContextVar[list | None] = contextvars.ContextVar("llmi_tts
 
 
 class _Completions:
-    def __init__(self, owner: "_MeteredClient"):
+    def __init__(self, owner: _MeteredClient):
         self._owner = owner
 
     async def create(self, **kwargs: Any) -> Any:
@@ -209,13 +210,13 @@ class _Completions:
             text = ""
             try:
                 text = resp.choices[0].message.content or ""  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001 - garbage bodies are the judge client's business
-                pass
+            except Exception as exc:  # noqa: BLE001 - garbage bodies are the judge client's business
+                log.debug("judge reply has no text to estimate its tokens: %s", exc)
             grant.settle(usage_d, est_out=estimate_tokens(text if isinstance(text, str) else ""))
 
 
 class _Chat:
-    def __init__(self, owner: "_MeteredClient"):
+    def __init__(self, owner: _MeteredClient):
         self.completions = _Completions(owner)
 
 

@@ -13,8 +13,9 @@ candidate plans. Whether the tool then succeeds is the enhance stage's business.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..protocol import SOURCES, InvalidTag, ParsedResponse, ToolCall, parse_response
 from ..reward.rules import check_image_num, image_count_score
@@ -39,7 +40,7 @@ class Constraints:
                 raise ValueError(f"unknown tool(s) {unknown}; the tools are {', '.join(SOURCES)}")
 
     @classmethod
-    def of(cls, request: Any) -> "Constraints":
+    def of(cls, request: Any) -> Constraints:
         """The constraints a request value states (its ``image_num`` and ``tools`` attributes, if any)."""
         n = getattr(request, "image_num", None)
         tools = getattr(request, "tools", None)

@@ -164,7 +164,7 @@ class TTSSettings(_Section):
         return temps
 
 
-def normalise_stages(stages: "list[str] | tuple[str, ...] | str") -> list[str]:
+def normalise_stages(stages: list[str] | tuple[str, ...] | str) -> list[str]:
     """Known stage names in pipeline order (``"sample,select"`` or a list); ``sample`` is always in.
     Raises ValueError for an unknown name."""
     if isinstance(stages, str):

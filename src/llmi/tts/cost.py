@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 
 def estimate_tokens(text: str) -> int:
@@ -67,7 +68,7 @@ class Cost:
     def add_tool(self, source: str, n: int = 1) -> None:
         self.tool_calls[source] += n
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(
             llm_calls=self.llm_calls + other.llm_calls,
             tokens_in=self.tokens_in + other.tokens_in,
@@ -90,7 +91,7 @@ class Cost:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Cost":
+    def from_dict(cls, d: Mapping[str, Any]) -> Cost:
         return cls(
             llm_calls=int(d.get("llm_calls", 0)),
             tokens_in=int(d.get("tokens_in", 0)),

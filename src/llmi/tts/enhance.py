@@ -32,8 +32,9 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..document import Document, FailureBlock, ImageBlock
 from ..images import ImageData
@@ -114,7 +115,7 @@ def extract_code(reply: str) -> str:
     return code
 
 
-def _noted(block: ImageBlock | FailureBlock, work: "SlotWork") -> ImageBlock | FailureBlock:
+def _noted(block: ImageBlock | FailureBlock, work: SlotWork) -> ImageBlock | FailureBlock:
     """The replacement with a ``tts`` note in its provenance: what enhancement did to this slot (so the
     document itself says which images test-time scaling changed)."""
     if not isinstance(block, ImageBlock):
@@ -277,9 +278,7 @@ class Enhancer:
             work.detail["scores"] = [round(s, 3) for s in scores]
             work.detail["scored_by"] = by
             best = max(range(len(pool)), key=lambda i: (scores[i], -i))
-            if isinstance(block, FailureBlock):
-                work.replacement = pool[best]
-            elif best != 0 and scores[best] >= scores[0] + cfg.min_gain:
+            if isinstance(block, FailureBlock) or best != 0 and scores[best] >= scores[0] + cfg.min_gain:
                 work.replacement = pool[best]
             if work.replacement is not None:
                 work.detail["chosen"] = work.replacement.provenance.get("query") or work.replacement.params.get("query")

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..document import Document, FailureBlock, ImageBlock
 from ..images import ImageData
@@ -60,7 +61,7 @@ def with_origin(block: ImageBlock | FailureBlock, slot: int, call: ToolCall) -> 
 class _Gate:
     """The engine as a run session sees it, with every ``execute`` granted by the meter first."""
 
-    def __init__(self, runner: "Runner"):
+    def __init__(self, runner: Runner):
         self._runner = runner
 
     def __getattr__(self, name: str) -> Any:

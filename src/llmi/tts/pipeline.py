@@ -30,9 +30,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import ConfigError, LLMError
@@ -154,7 +155,7 @@ class TTSResult:
 
 
 class _Run:
-    def __init__(self, req: "Request", cfg: TTSSettings, settings: "Settings", meter: Meter, stages: list[str],
+    def __init__(self, req: Request, cfg: TTSSettings, settings: Settings, meter: Meter, stages: list[str],
                  n: int, on_event: Callable[[Any], None] | None):
         self.req = req
         self.cfg = cfg
@@ -282,7 +283,7 @@ def _unrun(response: str, n_inputs: int, why: str) -> Document:
     return Document(blocks=blocks, violations=list(parsed.violations))
 
 
-def _messages(req: "Request", engine: Any, llm: Any, settings: "Settings") -> list[dict[str, Any]]:
+def _messages(req: Request, engine: Any, llm: Any, settings: Settings) -> list[dict[str, Any]]:
     """The policy's chat for ``req`` — the same one ``llmi generate`` sends."""
     from ..prompting import build_messages, build_system_prompt
 
@@ -302,14 +303,14 @@ def _messages(req: "Request", engine: Any, llm: Any, settings: "Settings") -> li
 
 
 async def tts(
-    request: "Request | str",
+    request: Request | str,
     *,
     n: int | None = None,
-    stages: "Sequence[str] | str | None" = None,
-    budget: "Budget | str | Mapping[str, Any] | None" = None,
-    settings: "Settings | None" = None,
-    llm: "LLMBackend | None" = None,
-    engine: "Engine | None" = None,
+    stages: Sequence[str] | str | None = None,
+    budget: Budget | str | Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+    llm: LLMBackend | None = None,
+    engine: Engine | None = None,
     on_event: Callable[[Any], None] | None = None,
     cache: Any = None,
 ) -> TTSResult:
@@ -518,7 +519,7 @@ async def tts(
                      run_id=req.run_id, model=getattr(llm, "model", "") or "")
 
 
-def _check_setup(cfg: TTSSettings, settings: "Settings", stages: Sequence[str]) -> None:
+def _check_setup(cfg: TTSSettings, settings: Settings, stages: Sequence[str]) -> None:
     """Refuse, before anything is paid for, a setup that names a model which is not configured."""
     wanted: list[tuple[str, str]] = []
     if "select" in stages and cfg.judge == "llm_judge":
@@ -551,7 +552,7 @@ def _doc_detail(doc: Document) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-def stage_table(results: Sequence["TTSResult | Mapping[str, Any]"],
+def stage_table(results: Sequence[TTSResult | Mapping[str, Any]],
                 scores: Sequence[Mapping[str, float | None]] | None = None) -> list[dict[str, Any]]:
     """One row per stage over many runs: how often it ran / was cut / skipped, its mean extra cost, and —
     when ``scores`` gives each run's score after each stage (e.g. of ``result.snapshots[stage]``) — the

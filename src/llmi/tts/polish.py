@@ -23,8 +23,9 @@ images, their order and their slots never change; only text is replaced.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..images import ImageData

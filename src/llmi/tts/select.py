@@ -27,13 +27,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from ..document import Document, ImageBlock
 from ..protocol import strip_think
 from ..reward.judges import ScoreParseError, load_prompt, marker_code, parse_llm_scores, parse_mllm_scores
-from ..reward.rules import RewardConfig, RewardResult, assemble, image_count_score, llm_component, mllm_rule, tool_score
+from ..reward.rules import (
+    RewardConfig,
+    RewardResult,
+    assemble,
+    image_count_score,
+    llm_component,
+    mllm_rule,
+    tool_score,
+)
 from .budget import BudgetExhausted
 from .calls import Chat, ChatFailure, gather_settled
 
