@@ -89,3 +89,12 @@ def test_cli_tts_bad_flags_exit_2_with_one_message(tmp_path, monkeypatch):
     res = _cli(["p", "-o", str(tmp_path / "o.md"), "--tts", "0"], tmp_path, monkeypatch)
     assert res.exit_code == 2 and ">= 1" in res.stderr
     assert not (tmp_path / "o.md").exists()
+
+
+def test_cli_tts_seed_and_temperature_reach_every_candidate(tmp_path, monkeypatch):
+    with SSEServer(policy_script({10: "First.", 11: "Second."}, {"grade": grade, "polish": lambda b: "NO CHANGES"})) as srv:
+        res = _cli(["p", "-o", str(tmp_path / "o.md"), "--base-url", srv.base_url, "-m", "test-model", "--tts", "2",
+                    "--seed", "10", "--temperature", "0.3"], tmp_path, monkeypatch)
+        sampled = [(r["seed"], r["temperature"]) for r in srv.requests if r.get("seed") is not None]
+    assert res.exit_code == 0, res.output
+    assert sorted(sampled) == [(10, 0.3), (11, 0.3)]

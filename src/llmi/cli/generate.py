@@ -103,7 +103,7 @@ def generate_cmd(
             if system_prompt is not None:
                 settings.llm.system_prompt_file = str(system_prompt.resolve())
             return generate_with_tts(text, images, settings, output, n=tts_n, stages=tts_stages, budget=tts_budget,
-                                     trace_path=tpath, title=title, quiet=quiet)
+                                     trace_path=tpath, title=title, quiet=quiet, seed=seed, temperature=temperature)
 
         run_trace = Trace()
         t0 = time.perf_counter()

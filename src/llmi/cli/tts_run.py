@@ -135,15 +135,19 @@ def generate_with_tts(
     trace_path: Path | None,
     title: str | None,
     quiet: bool,
+    seed: int | None = None,
+    temperature: float | None = None,
 ) -> None:
-    """Run :func:`llmi.tts` for the CLI, write the document (and trace), print the summary."""
+    """Run :func:`llmi.tts` for the CLI, write the document (and trace), print the summary. ``seed`` is
+    candidate 0's seed (candidate i gets seed + i); ``temperature`` (``--temperature``) is used for every
+    candidate instead of the ``[tts] temperatures`` schedule."""
     from ..generation import load_images
     from ..render import write_document
-    from ..request import Request
+    from ..request import Request, Sampling
     from ..tts import tts
 
     loaded = load_images(images, max_pixels=settings.images.max_pixels)
-    request = Request(prompt, images=tuple(loaded))
+    request = Request(prompt, images=tuple(loaded), sampling=Sampling(seed=seed, temperature=temperature))
     t0 = time.perf_counter()
     with StageProgress(console, n_inputs=len(loaded)) as progress:
         result = asyncio.run(tts(request, n=n, stages=stages, budget=budget, settings=settings,
