@@ -351,6 +351,9 @@ async def test_a_judge_that_is_not_configured_is_refused_before_sampling():
         settings = settings_for(policy.base_url, tts={"judge": "llm_judge"})
         with pytest.raises(ConfigError, match=r"\[tts\] judge asks for \[llm_judge\]"):
             await tts("p", n=2, settings=settings)
+        settings = settings_for(policy.base_url, tts={"selector": "reward"})
+        with pytest.raises(ConfigError, match=r"selector = \"reward\" asks for \[mllm_judge\]"):
+            await tts("p", n=2, settings=settings)
         assert policy.requests == []
 
 

@@ -524,6 +524,8 @@ def _check_setup(cfg: TTSSettings, settings: Settings, stages: Sequence[str]) ->
     wanted: list[tuple[str, str]] = []
     if "select" in stages and cfg.judge == "llm_judge":
         wanted.append(("llm_judge", "[tts] judge"))
+    if "select" in stages and cfg.selector == "reward":
+        wanted.append(("mllm_judge", "[tts] selector = \"reward\""))
     if "polish" in stages and cfg.polish_model != "policy":
         wanted.append((cfg.polish_model, "[tts] polish_model"))
     if "enhance" in stages and cfg.enhance.image_judge == "mllm_judge":
