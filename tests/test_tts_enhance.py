@@ -319,3 +319,27 @@ async def test_a_polishing_model_that_fails_leaves_the_document_as_it_was():
     assert result.stage("polish").status == "finished" and d["result"] == "kept the original"
     assert "the polishing model failed: llm_error" in d["why"] and "401" in d["why"]
     assert result.document.text == "Intro.\n\nEnd."
+
+
+async def test_polish_by_the_image_judge_sees_the_images_and_is_on_the_bill(judge_server):
+    import json
+
+    cand = "Intro.\n" + tag("search", LIGHTHOUSE, query="lighthouse rocky coast") + "\nEnd."
+    lighthouse = library_center("lighthouse-rocky-coast.jpg")
+    seen = {}
+
+    def judge(body, n):
+        seen["colors"] = image_colors(body)
+        return "[[P1]] Intro: the red and white lighthouse."
+
+    events: list = []
+    with SSEServer(policy_script({0: cand})) as policy, judge_server(judge) as (murl, mj):
+        settings = settings_for(policy.base_url, mllm_url=murl, tts={"polish_model": "mllm_judge"})
+        result = await tts("Coast", n=1, settings=settings, stages="sample,polish", on_event=events.append)
+    assert seen["colors"] == [lighthouse]
+    assert result.document.text == "Intro: the red and white lighthouse.\n\nEnd."
+    assert result.stage("polish").detail["model"] == "mllm_judge"
+    c = result.costs["polish"]
+    assert (c.llm_calls, c.tokens_in, c.tokens_out) == (1, 12, 6)  # the judge fake's reported usage
+    assert mj.requests[0]["max_tokens"] == 2048  # the writing cap ([llm] max_tokens), not the grading cap
+    json.dumps([e.to_dict() for e in events if e.type == "stage"])  # stage events are JSON (server-sent events)

@@ -182,6 +182,8 @@ class PolicyChat(Chat):
 #: The budget refusal met inside the current judge call (the judge client turns any exception into
 #: a JudgeFailure; this lets :class:`JudgeChat` raise the refusal itself).
 _REFUSED: contextvars.ContextVar[list | None] = contextvars.ContextVar("llmi_tts_refused", default=None)
+#: The reply cap of the current judge call, when the caller set one (``ask(max_tokens=...)``).
+_MAX_OUT: contextvars.ContextVar[int | None] = contextvars.ContextVar("llmi_tts_max_out", default=None)
 
 
 class _Completions:
@@ -192,7 +194,7 @@ class _Completions:
         owner = self._owner
         messages = kwargs.get("messages") or []
         try:
-            grant = owner.meter.reserve_call(estimate_messages(messages), owner.max_tokens)
+            grant = owner.meter.reserve_call(estimate_messages(messages), _MAX_OUT.get() or owner.max_tokens)
         except BudgetExhausted as exc:
             cell = _REFUSED.get()
             if cell is not None:
@@ -263,6 +265,7 @@ class JudgeChat(Chat):
             messages = _with_images(messages, images)
         cell: list = []
         token = _REFUSED.set(cell)
+        cap = _MAX_OUT.set(max_tokens)
         try:
             return await self.client.ask(messages, parse)
         except JudgeFailure as exc:
@@ -270,6 +273,7 @@ class JudgeChat(Chat):
                 raise cell[0] from None
             raise ChatFailure(str(exc), kind=exc.kind) from exc
         finally:
+            _MAX_OUT.reset(cap)
             _REFUSED.reset(token)
 
     async def aclose(self) -> None:
