@@ -379,3 +379,13 @@ async def test_speculative_runs_tools_while_candidates_are_written(judge_server)
     assert dict(result.costs["sample"].tool_calls) == {"search": 2} and result.costs["execute"].n_tool_calls == 0
     assert isinstance(result.document.slots[0], ImageBlock)
     assert result.document is result.candidates[1].document
+
+
+async def test_the_policy_as_judge_grades_with_the_grading_cap():
+    cands = {0: "OK-ANSWER a.", 1: "BEST-ANSWER b."}
+    helpers = {"grade": lambda b: graded_by_marker({"BEST-ANSWER": (5, 5)})(b, 0)}
+    with SSEServer(policy_script(cands, helpers)) as policy:
+        settings = settings_for(policy.base_url, tts={"judge_max_tokens": 300})
+        result = await tts("p", n=2, settings=settings, stages="sample,check,select")
+    caps = {("seed" in r): r["max_tokens"] for r in policy.requests}
+    assert caps == {True: 2048, False: 300} and result.winner == 1

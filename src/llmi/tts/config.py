@@ -140,7 +140,9 @@ class TTSSettings(_Section):
         True, description="send the final images to the polishing model when it can see them"
     )
     judge_max_tokens: int = Field(
-        1024, ge=16, description="reply cap for judge calls (counted against a token budget)"
+        1024, ge=16,
+        description="reply cap for grading calls (judge endpoints, or the policy as judge); raise it for a "
+        "judge that reasons before it grades",
     )
     helper_max_tokens: int = Field(
         1024, ge=16, description="reply cap for short helper calls (query rewrites, prompt enrichment, chart fixes)"

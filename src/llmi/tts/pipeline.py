@@ -421,7 +421,9 @@ async def tts(
             which = cfg.judge
             if which == "auto":
                 which = "llm_judge" if settings.llm_judge.base_url else "policy"
-            chat = run.chat(which, policy, stack)
+            # the policy as a judge grades with the grading cap, as a judge endpoint does
+            grader = PolicyChat(llm, meter, default_max_tokens=cfg.judge_max_tokens)
+            chat = run.chat(which, grader, stack)
             if cfg.selector == "tournament":
                 sel = await select_by_tournament(chat, pool, swap=cfg.tournament_swap)
             elif cfg.selector == "reward":
