@@ -92,28 +92,59 @@ def test_doctor_matches_what_the_chart_worker_would_choose(doctor):
         assert "no CJK font" in r.output
 
 
-def test_the_cjk_font_is_part_of_a_charts_cache_key(monkeypatch):
-    """A chart cached while no CJK font was installed (boxes) is not served once one is."""
+async def test_a_chart_drawn_with_boxes_is_not_cached(tmp_path):
+    """A chart whose glyphs no font has (CJK text on a machine without a CJK font) is not cached, so it is
+    drawn again once a font is installed; a chart that drew every glyph is cached as usual."""
     from types import SimpleNamespace
 
-    import llmi.tools.code.backend as backend
-    import llmi.tools.code.worker as worker
-    from llmi.cache import call_key
+    from llmi.config import load_settings
+    from llmi.tools.base import BackendContext, ToolRequest
+    from llmi.tools.code import backend as code_backend
+    from llmi.tools.code.pool import ChartOutcome
+    from tests.fakes import png_for
 
-    sandbox = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(sandbox=SimpleNamespace(dpi=150))))
+    png = png_for("chart").data
+    warning = "Glyph 38144 (\\N{CJK UNIFIED IDEOGRAPH-9500}) missing from font(s) DejaVu Sans."
+    settings = load_settings(overrides={"cache": {"enabled": False}}, environ={})
+    chart = code_backend.SandboxChartBackend(code_backend.SandboxOptions(), BackendContext(settings, None, None))
+    results = []
+    for warnings in ((warning,), ()):
+        async def run(code, _w=warnings):
+            return ChartOutcome(ok=True, png=png, font="DejaVu Sans", warnings=_w)
 
-    def key(found):
-        monkeypatch.setattr(worker, "find_cjk_font", lambda fonts=None: found)
-        backend.cjk_font_family.cache_clear()
-        ident = backend.SandboxChartBackend.cache_identity(sandbox)
-        return ident, call_key("code", "sandbox", {"code": "plt.title('销售额')"}, ident, None)
+        chart._pool = SimpleNamespace(run=run)
+        results.append(await chart.run(ToolRequest("code", {"code": "plt.title('销售额')"})))
+    assert [r.cacheable for r in results] == [False, True]
+    assert results[0].provenance["warnings"] == [warning]
 
+
+async def test_the_engine_does_not_cache_a_result_marked_not_cacheable(tmp_path):
+    from llmi.cache import Cache
+    from llmi.engine import Engine
+    from llmi.tools import registry
+    from llmi.tools.base import Backend, ToolRequest, ToolResult
+    from tests.fakes import png_for
+    from tests.test_engine import settings, tag
+
+    calls = []
+
+    class Degraded(Backend):
+        tool, name = "code", "degraded"
+
+        async def run(self, request: ToolRequest) -> ToolResult:
+            calls.append(request.params["code"])
+            return ToolResult(png_for(request.params["code"]), {}, cacheable="boxes" not in request.params["code"])
+
+    registry.register(Degraded)
     try:
-        without, k1 = key(None)
-        with_font, k2 = key(("Noto Sans CJK SC", "/f.ttc"))
+        cache = Cache(tmp_path / "c.sqlite")
+        async with Engine(settings(tools={"code": {"backends": ["degraded"]}}), cache=cache) as engine:
+            for _ in range(2):
+                await engine.run_response(tag("code", "a", code="boxes") + tag("code", "b", code="fine"))
+        cache.close()
     finally:
-        backend.cjk_font_family.cache_clear()
-    assert without["cjk_font"] is None and with_font["cjk_font"] == "Noto Sans CJK SC" and k1 != k2
+        registry.unregister("code", "degraded")
+    assert calls == ["boxes", "fine", "boxes"]  # the degraded chart was made again, the good one came from the cache
 
 
 def test_render_hints_when_a_chart_drew_boxes(tmp_path, monkeypatch):

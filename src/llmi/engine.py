@@ -408,7 +408,8 @@ class Engine:
         else:
             fut.set_result(result)
             try:
-                self.cache.put(key, result)
+                if result.cacheable:
+                    self.cache.put(key, result)
             except Exception as exc:
                 log.warning("cache write failed: %s", exc)
         finally:

@@ -74,6 +74,9 @@ class ToolResult:
     image: ImageData
     #: ``model``, ``source_url``, ``page_url``, ``title``, ``license``, ``author``, ... (JSON values).
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: ``False`` for a result the engine must not cache: a degraded one that a later call on a better set
+    #: up machine would make differently (a chart drawn with glyphs no installed font has).
+    cacheable: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,12 @@ Failures raise :class:`~llmi.errors.ToolError` with a kind the engine must not r
 ``memory_limit``, ``output_too_large``, ``sandbox_violation``, ``sandbox_unavailable``,
 ``worker_crashed``. A worker that dies is restarted by the pool and the chart tried once more.
 
-Importing this module is cheap: matplotlib is imported by the worker processes, which start on the first
-chart (and, with the cache on, once by :func:`cjk_font_family` for the cache key).
+Importing this module is cheap: matplotlib is imported by the worker processes only, which start on the
+first chart.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import textwrap
@@ -47,20 +46,6 @@ def clean_code(code: str) -> str:
         if blocks:  # prose with fenced blocks: run the blocks, in order
             code = "\n".join(b.strip("\n") for b in blocks)
     return textwrap.dedent(code).strip("\n")
-
-
-@functools.lru_cache(maxsize=1)
-def cjk_font_family() -> str | None:
-    """The CJK family the chart workers fall back to (:func:`.worker.find_cjk_font`), looked up once per
-    process — it imports matplotlib's font manager here, so only when a chart's cache key is needed."""
-    from .worker import find_cjk_font  # noqa: PLC0415
-
-    try:
-        found = find_cjk_font()
-    except Exception as exc:  # no matplotlib here: the worker will say so; the key just lacks the font
-        log.debug("CJK font lookup failed: %s", exc)
-        return None
-    return found[0] if found else None
 
 
 class SandboxOptions(BackendOptions):
@@ -118,9 +103,7 @@ class SandboxChartBackend(Backend):
         return BackendStatus("ok", detail)
 
     def cache_identity(self) -> dict[str, Any]:
-        # the CJK fallback font is part of the output: a chart cached while none was installed (its CJK
-        # text drawn as boxes) must not be served once one is
-        return {"dpi": self.ctx.settings.sandbox.dpi, "cjk_font": cjk_font_family()}
+        return {"dpi": self.ctx.settings.sandbox.dpi}
 
     def _get_pool(self):
         if self._pool is not None:
@@ -173,7 +156,10 @@ class SandboxChartBackend(Backend):
         }
         if outcome.warnings:
             provenance["warnings"] = list(outcome.warnings)
-        return ToolResult(image=image, provenance=provenance)
+        # glyphs no font has (CJK text without a CJK font) are drawn as boxes: not cached, so the chart is
+        # drawn again once a font is installed
+        boxes = any("missing from font" in w for w in outcome.warnings or ())
+        return ToolResult(image=image, provenance=provenance, cacheable=not boxes)
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
