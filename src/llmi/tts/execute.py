@@ -22,6 +22,7 @@ from typing import Any
 from ..document import Document, FailureBlock, ImageBlock
 from ..images import ImageData
 from ..protocol import ToolCall, parse_response
+from ..tools.spec import SOURCES
 from .budget import BudgetExhausted, Meter
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def call_of(block: ImageBlock | FailureBlock) -> dict[str, Any] | None:
         return call
     if getattr(block, "raw", ""):
         return None
-    if block.tool in ("search", "diffusion", "code", "edit") and block.params:
+    if block.tool in SOURCES and block.params:
         return {"source": block.tool, "description": block.description, "params": dict(block.params)}
     return None
 
