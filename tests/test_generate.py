@@ -730,6 +730,12 @@ def test_cli_hints_when_a_reply_began_inside_reasoning(tmp_path, monkeypatch):
         said = " ".join(res.stderr.split())
         assert ("hint: the reply began inside reasoning" in said) is hinted, said
         assert ("starts_in_think = true" in said) is hinted
+    # declared, but this reply never entered reasoning: an empty document, and a warning saying why
+    with SSEServer(Script(content=["Just the answer."]), models=["m"]) as srv:
+        res = _cli(["Write", "-o", str(tmp_path / "o.md"), "--base-url", srv.base_url],
+                   TOML + "[llm]\nstarts_in_think = true\n", tmp_path, monkeypatch)
+    assert res.exit_code == 0, res.output
+    assert "the whole reply was read as reasoning" in " ".join(res.stderr.split())
 
 
 async def test_concurrent_runs_on_one_llm_keep_their_own_finish_reason_and_usage():

@@ -138,6 +138,11 @@ def generate_cmd(
                       "template opens it): the reasoning streamed above as text, but is not in the document. "
                       "Set [llm] starts_in_think = true (or LLMI_LLM__STARTS_IN_THINK=1) to read such replies "
                       "as reasoning from the start", highlight=False, markup=False, soft_wrap=True)
+    elif settings.llm.starts_in_think and "</think>" not in run_trace.raw_response and not doc.text.strip():
+        console.print("warning: the whole reply was read as reasoning ([llm] starts_in_think = true) and it never "
+                      "closed it with </think>: the document has no text. Unset starts_in_think for a server or "
+                      "model (or --no-think) whose replies do not begin inside reasoning",
+                      highlight=False, markup=False, soft_wrap=True)
     if run_trace.finish_reason == "length":
         console.print(f"[yellow]warning:[/] the model stopped at max_tokens ({settings.llm.max_tokens}); the document "
                       "may be cut — raise --max-tokens", highlight=False, soft_wrap=True)
