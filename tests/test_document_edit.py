@@ -209,3 +209,22 @@ def test_to_response_keeps_an_unclosed_tag_open_and_a_fenced_think_marker_as_tex
     assert resp == "<think></think>" + fenced + "<imgen>{'a'"
     again = parse_response(resp)
     assert again.text == fenced and again.slots[0].kind.value == "unclosed_tag"
+
+
+async def test_meta_is_kept_by_the_edits_and_the_json_and_shown_in_its_stats():
+    doc = await _doc()
+    assert doc.meta == {} and "meta" not in doc.to_dict()  # a plain generation writes no meta
+    table = {"stages": {"sample": {"status": "finished", "llm_calls": 4}}, "total": {"llm_calls": 4}}
+    doc = Document(doc.blocks, doc.violations, doc.input_images, meta={"tts": table})
+    edited = doc.with_slot(3, FailureBlock("search", "none", "no_result")).with_text(0, "Hi ")
+    assert edited.meta == {"tts": table} and edited.meta is not doc.meta
+    async with Engine(settings(), cache=False) as engine:
+        replaced = await engine.replace_slot(doc, 0, FailureBlock("diffusion", "refused", "content_filter"))
+    assert replaced.meta == {"tts": table}
+    d = json.loads(json.dumps(doc.to_dict()))
+    assert d["meta"] == {"tts": table}
+    assert d["stats"]["tts"] == table and d["stats"]["search"] == {"total": 1, "success": 1}  # counts kept
+    back = Document.from_dict(d)
+    assert back.meta == {"tts": table} and back.to_response() == doc.to_response()
+    with pytest.raises(ValueError, match="meta"):
+        Document.from_dict({**d, "meta": ["not", "an", "object"]})

@@ -93,11 +93,17 @@ def _inside(base_dir: str, rel: str) -> str:
 
 @dataclass
 class Document:
-    """Blocks in reading order, the protocol violations found in the response, and the user's images."""
+    """Blocks in reading order, the protocol violations found in the response, and the user's images.
+
+    ``meta`` holds what the steps that made the document report about it (JSON-able values, one key per
+    reporter, e.g. ``"tts"``: test-time scaling's cost per stage); empty for a plain generation. The
+    editing methods keep it; the JSON form writes it under ``meta`` and shows each entry in ``stats``
+    next to the tool counts."""
 
     blocks: list[Block] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     input_images: list[ImageData] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     # -- views -----------------------------------------------------------------------------------
     @property
@@ -145,7 +151,8 @@ class Document:
             seen += 1
             if seen == slot:
                 blocks[i] = block
-                return Document(blocks=blocks, violations=list(self.violations), input_images=list(self.input_images))
+                return Document(blocks=blocks, violations=list(self.violations), input_images=list(self.input_images),
+                                meta=dict(self.meta))
         raise IndexError(f"the document has {seen + 1} slot(s), no slot {slot}")
 
     def with_text(self, index: int, text: str) -> "Document":
@@ -154,7 +161,8 @@ class Document:
             raise TypeError(f"block {index} is not a text block")
         blocks = list(self.blocks)
         blocks[index] = TextBlock(text)
-        return Document(blocks=blocks, violations=list(self.violations), input_images=list(self.input_images))
+        return Document(blocks=blocks, violations=list(self.violations), input_images=list(self.input_images),
+                        meta=dict(self.meta))
 
     def to_response(self) -> str:
         """The tagged response this document stands for: the text, and one ``<imgen>{json}</imgen>`` per
@@ -191,7 +199,8 @@ class Document:
     def to_dict(self, *, image_paths: list[str] | None = None, image_data: bool = True) -> dict[str, Any]:
         """The JSON form. Images are inline base64 unless ``image_paths`` gives one path per image
         (``image_data=False`` leaves both out: a light form for progress streams, not readable back).
-        The user's images (``input_images``) are always inline."""
+        The user's images (``input_images``) are always inline. ``meta`` is written when it is not empty,
+        and each of its entries is shown in ``stats`` too (the tool counts keep their keys)."""
         blocks = []
         paths = iter(image_paths) if image_paths is not None else None
         for b in self.blocks:
@@ -200,11 +209,16 @@ class Document:
                                             image_data=image_data))
             else:
                 blocks.append(block_to_dict(b))
+        stats: dict[str, Any] = dict(self.stats)
+        for key, value in self.meta.items():
+            stats.setdefault(key, value)
         d: dict[str, Any] = {
             "blocks": blocks,
-            "stats": self.stats,
+            "stats": stats,
             "violations": [asdict(v) for v in self.violations],
         }
+        if self.meta:
+            d["meta"] = self.meta
         if self.input_images:
             d["input_images"] = [
                 {"mime": im.mime, "width": im.width, "height": im.height,
@@ -248,7 +262,8 @@ class Document:
             if not isinstance(im, dict):
                 raise ValueError(f"{where} must be an object, not {type(im).__name__}")
             inputs.append(ImageData.from_bytes(_b64(_field(im, "data_base64", str, where), where)))
-        return cls(blocks=blocks, violations=violations, input_images=inputs)
+        meta = _field(d, "meta", dict, "document", {})
+        return cls(blocks=blocks, violations=violations, input_images=inputs, meta=dict(meta))
 
 
 def _call_of(b: "ImageBlock | FailureBlock") -> dict[str, Any] | None:
