@@ -9,6 +9,7 @@ to and returns the best document so far; judge failures are reported, never scor
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -124,6 +125,12 @@ async def test_sample_check_select_enhance_polish(judge_server):
     assert cost["polish"].llm_calls == 1
     assert result.total.llm_calls == 9 and result.cut == []
     assert result.statistics["total"]["llm_calls"] == 9
+    # ... and on the document itself: its meta and its JSON stats, stage by stage in pipeline order
+    assert doc.meta["tts"] == result.statistics
+    stats = json.loads(json.dumps(doc.to_dict()))["stats"]
+    assert list(stats["tts"]["stages"]) == ["sample", "check", "select", "execute", "enhance", "polish"]
+    assert stats["tts"]["stages"]["enhance"]["tool_calls"] == {"code": 1, "search": 2}
+    assert stats["code"] == {"total": 1, "success": 1}  # the tool counts stay
 
     # events: one started/finished pair per stage, one line per candidate and per slot, tool events
     stage_events = [e for e in events if isinstance(e, Stage)]
@@ -378,7 +385,8 @@ async def test_speculative_runs_tools_while_candidates_are_written(judge_server)
     assert result.stage("execute").detail["reused"] == "its tools ran while it was written"
     assert dict(result.costs["sample"].tool_calls) == {"search": 2} and result.costs["execute"].n_tool_calls == 0
     assert isinstance(result.document.slots[0], ImageBlock)
-    assert result.document is result.candidates[1].document
+    assert result.snapshots["execute"] is result.candidates[1].document  # reused, not run again
+    assert result.document.blocks == result.candidates[1].document.blocks and "tts" in result.document.meta
 
 
 async def test_the_policy_as_judge_grades_with_the_grading_cap():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -516,9 +517,12 @@ async def tts(
         if "polish" in run.enabled:
             run.snapshots["polish"] = run.document
 
-    return TTSResult(document=run.document, stages=run.records, candidates=run.candidates, checks=run.checks,
-                     selection=run.selection, winner=winner, snapshots=run.snapshots, budget=meter.to_dict(),
-                     run_id=req.run_id, model=getattr(llm, "model", "") or "")
+    result = TTSResult(document=run.document, stages=run.records, candidates=run.candidates, checks=run.checks,
+                       selection=run.selection, winner=winner, snapshots=run.snapshots, budget=meter.to_dict(),
+                       run_id=req.run_id, model=getattr(llm, "model", "") or "")
+    # the document says what it cost: the per-stage table in its meta (and so in its JSON stats)
+    result.document = dataclasses.replace(result.document, meta={**result.document.meta, "tts": result.statistics})
+    return result
 
 
 def _check_setup(cfg: TTSSettings, settings: Settings, stages: Sequence[str]) -> None:
