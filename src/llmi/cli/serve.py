@@ -37,7 +37,7 @@ def serve_cmd(
             import uvicorn
         except ImportError:
             fail("llmi serve needs the server extra: pip install 'llmi[server]'")
-        from ..server.app import create_app
+        from ..server.app import create_app, redact_access_log
         from ..server.auth import check_bind, load_keys
 
         overrides: dict = {}
@@ -67,7 +67,8 @@ def serve_cmd(
         info(f"llmi serve: page {url}/ · OpenAI base URL {url}/v1 (model {server.model_name!r}) · {auth}")
         sock = _bind(server.host, server.port)
         config_ = uvicorn.Config(app_, host=server.host, port=server.port, log_level="info" if verbose else "warning",
-                                 timeout_graceful_shutdown=5)
+                                 timeout_graceful_shutdown=5, limit_concurrency=server.max_connections)
+        redact_access_log()  # after Config: it sets up uvicorn's loggers
         uvicorn.Server(config_).run(sockets=[sock])
 
 

@@ -10,6 +10,7 @@ events, documents, render, reward; ``/images``: image links), the page (``/``, `
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings
-from .auth import BodyLimit, KeyRing, RateLimiter, error_body, load_keys
+from .auth import BodyLimit, KeyRing, RateLimiter, RequestGuard, error_body, host_check_for, load_keys
+from .deps import LIGHT_FACTOR
 from .inputs import ApiError
 from .manager import RunManager
 from .services import Services
@@ -73,7 +75,8 @@ def create_app(
     async def lifespan(app: FastAPI):
         store = Store(root)
         services = Services(settings=settings, keys=keys, store=store, manager=RunManager(store, server),
-                            limiter=RateLimiter(server.rate_per_minute, server.burst))
+                            limiter=RateLimiter(server.rate_per_minute, server.burst),
+                            light_limiter=RateLimiter(server.rate_per_minute * LIGHT_FACTOR, server.burst * LIGHT_FACTOR))
         await services.open(engine=engine, llm=llm)
         app.state.services = services
         log.info("llmi server: data in %s, %s", root, f"{len(keys)} API key(s)" if keys.enabled else "no API keys")
@@ -119,7 +122,8 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.type, exc.code), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -137,7 +141,17 @@ def create_app(
         return JSONResponse(error_body(str(exc.detail), kind, exc.status_code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Answered by Starlette's outermost error middleware, outside SecurityHeaders: the headers go here.
+        # The traceback goes to the log (by that middleware), never to the client.
+        return JSONResponse(error_body("internal server error", "server_error", "internal_error"), status_code=500,
+                            headers={k.decode(): v.decode() for k, v in SecurityHeaders._DEFAULTS})
+
     app.add_middleware(BodyLimit, limit=server.max_request_bytes)
+    app.add_middleware(RequestGuard, host_check=host_check_for(
+        keys=keys, allow_no_auth=server.allow_no_auth, bind_host=server.host, public_url=server.public_url,
+        allowed_hosts=server.allowed_hosts))
     app.add_middleware(SecurityHeaders)
     return app
 
@@ -166,6 +180,28 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class RedactSignatures(logging.Filter):
+    """Log records (uvicorn's access log) with the ``sig=`` of signed links blanked: a signature opens a
+    document or an image without a key, so it does not belong in a log file."""
+
+    _SIG = re.compile(r"([?&]sig=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(self._SIG.sub(r"\1-", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str) and "sig=" in record.msg:
+            record.msg = self._SIG.sub(r"\1-", record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install :class:`RedactSignatures` on uvicorn's access and error loggers (``llmi serve`` does)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSignatures) for f in logger.filters):
+            logger.addFilter(RedactSignatures())
 
 
 def _asset(name: str) -> bytes:

@@ -10,6 +10,11 @@
   progress (``max_concurrent_runs``); both answer 429 with ``Retry-After``.
 * **Size.** :class:`BodyLimit` is an ASGI middleware that answers 413 to a body over ``max_request_bytes``
   — by its ``Content-Length`` before reading, or while reading a chunked one.
+* **Where from.** :class:`RequestGuard` is an ASGI middleware: a server without keys answers only ``Host``
+  names that reach this machine (loopback names and addresses, the bound host, ``public_url``'s host,
+  ``allowed_hosts``), so a web page that rebinds its own DNS name to 127.0.0.1 cannot read or use it; and a
+  browser request that changes something (POST, DELETE, ...) sent by another site's page
+  (``Sec-Fetch-Site: cross-site`` / ``same-site``) is refused, with keys or without.
 
 Pure parts (key parsing, the bucket, the bind check) take their inputs as arguments, so they are tested
 without a server.
@@ -185,9 +190,9 @@ def retry_after_header(seconds: float) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def error_body(message: str, type_: str, code: str | int | None = None) -> dict:
+def error_body(message: str, type_: str, code: str | int | None = None, param: str | None = None) -> dict:
     """An error in the OpenAI wire shape, used by every endpoint (the SDK reads ``error.message``)."""
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 class BodyLimit:
@@ -237,14 +242,107 @@ class BodyLimit:
         await self.app(scope, _replay([whole], receive), send)
 
     async def _too_large(self, send) -> None:
-        body = json.dumps(
-            error_body(f"request body too large (the limit is {self.limit} bytes)", "invalid_request_error",
-                       "request_too_large")
-        ).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"request body too large (the limit is {self.limit} bytes)", "request_too_large",
+                         close=True)
+
+
+async def send_error(send, status: int, message: str, code: str, *, type_: str = "invalid_request_error",
+                     close: bool = False) -> None:
+    """An error answer straight from a middleware (the OpenAI shape, JSON)."""
+    body = json.dumps(error_body(message, type_, code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ------------------------------------------------------------------------------------------------
+# Host names and cross-site requests
+# ------------------------------------------------------------------------------------------------
+
+
+def host_of(value: str) -> str:
+    """The host of a ``Host`` header value or a URL's netloc, lowercased, without port or trailing dot."""
+    v = value.strip().lower()
+    if "@" in v:
+        v = v.rsplit("@", 1)[1]
+    if v.startswith("["):
+        end = v.find("]")
+        return v[1:end] if end > 0 else v[1:]
+    if v.count(":") == 1:
+        v = v.split(":", 1)[0]
+    return v.rstrip(".")
+
+
+def is_loopback_name(host: str) -> bool:
+    """Whether ``host`` (from :func:`host_of`) names this machine without asking DNS: ``localhost``,
+    ``*.localhost`` (browsers resolve those themselves) or a loopback address."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HostCheck:
+    """Which ``Host`` names a server without keys answers: loopback ones, plus the given names."""
+
+    def __init__(self, extra: Iterable[str] = ()):
+        self.extra = frozenset(h for h in (host_of(x) for x in extra if x) if h)
+
+    def __call__(self, host: str) -> bool:
+        h = host_of(host)
+        return is_loopback_name(h) or h in self.extra
+
+
+def host_check_for(*, keys: "KeyRing", allow_no_auth: bool, bind_host: str, public_url: str,
+                   allowed_hosts: Iterable[str]) -> HostCheck | None:
+    """The Host rule of a server (None: any Host). With keys, a request needs a key whatever name it used;
+    without keys the names are checked (with ``allow_no_auth`` only when ``allowed_hosts`` lists some)."""
+    allowed = list(allowed_hosts)
+    if keys.enabled or (allow_no_auth and not allowed):
+        return None
+    extra = [bind_host, *allowed]
+    if public_url:
+        from urllib.parse import urlsplit
+
+        extra.append(urlsplit(public_url).netloc)
+    return HostCheck(extra)
+
+
+#: Methods that only read: a cross-site page may cause these (images, links in a chat front-end).
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class RequestGuard:
+    """ASGI middleware: the Host rule (:func:`host_check_for`) and no state-changing browser requests from
+    another site's page (``Sec-Fetch-Site`` is set by browsers; other clients do not send it)."""
+
+    def __init__(self, app, host_check: Callable[[str], bool] | None):
+        self.app = app
+        self.host_check = host_check
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = site = None
+        for name, value in scope.get("headers", ()):
+            if name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"sec-fetch-site":
+                site = value.decode("latin-1").strip().lower()
+        if self.host_check is not None and host is not None and not self.host_check(host):
+            await send_error(send, 403, f"this server does not answer to the host name {host_of(host)[:100]!r}; "
+                             "without API keys it answers loopback names only (add the name to [server] "
+                             "allowed_hosts or set public_url if it is yours)", "host_not_allowed")
+            return
+        if scope["method"] not in _SAFE_METHODS and site in ("cross-site", "same-site"):
+            await send_error(send, 403, "requests from another site's page are refused", "cross_site_request")
+            return
+        await self.app(scope, receive, send)
 
 
 def _replay(messages: list[dict], receive):

@@ -29,20 +29,22 @@ class ApiError(LLMIError):
     """An error answer: ``status``, OpenAI-style ``type``/``code``, optional headers (Retry-After)."""
 
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 code: str | None = None, headers: dict[str, str] | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None, param: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.code = code
         self.headers = headers or {}
+        self.param = param
 
 
 def too_large(what: str, limit: int) -> ApiError:
     return ApiError(413, f"{what} is too large (the limit is {limit} bytes)", code="request_too_large")
 
 
-def decode_image(value: str, *, max_bytes: int, max_pixels: int, what: str = "image") -> ImageData:
+def decode_image(value: str, *, max_bytes: int, max_pixels: int, what: str = "image",
+                 max_size: tuple[int, int] | None = None) -> ImageData:
     """A ``data:image/...;base64,...`` URI or bare base64 to a checked :class:`ImageData`."""
     if not isinstance(value, str) or not value:
         raise ApiError(400, f"{what} must be a data URI or base64 text")
@@ -63,18 +65,21 @@ def decode_image(value: str, *, max_bytes: int, max_pixels: int, what: str = "im
         raise ApiError(400, f"{what}: invalid base64 ({exc})") from None
     if len(data) > max_bytes:
         raise too_large(what, max_bytes)
-    return checked_image(data, max_pixels=max_pixels, what=what)
+    return checked_image(data, max_pixels=max_pixels, what=what, max_size=max_size)
 
 
-def checked_image(data: bytes, *, max_pixels: int, what: str = "image") -> ImageData:
+def checked_image(data: bytes, *, max_pixels: int, what: str = "image",
+                  max_size: tuple[int, int] | None = None) -> ImageData:
     if not data:
         raise ApiError(400, f"{what} is empty")
     mime = sniff_mime(data)
     if mime is None:
         raise ApiError(415, f"{what} is not a PNG, JPEG, GIF, WEBP or BMP image", code="unsupported_media_type")
     try:
-        return ImageData.from_bytes(data, max_pixels=max_pixels)
+        return ImageData.from_bytes(data, max_pixels=max_pixels, max_size=max_size)
     except ToolError as exc:
+        if exc.kind == "image_too_large":
+            raise ApiError(413, f"{what} is too large: {exc}", code="image_too_large") from None
         raise ApiError(400, f"{what} is not usable: {exc}") from None
 
 

@@ -113,6 +113,7 @@ class Run:
         self.task: asyncio.Task | None = None
         self.followers = 0
         self._cancel_handle: asyncio.TimerHandle | None = None
+        self._deadline_handle: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
         self.ended = asyncio.Event()
         self.has_output = asyncio.Event()
@@ -198,6 +199,32 @@ class Run:
 EventSource = Callable[[Run], AsyncIterator[Any]]
 
 
+class RunTooLong(LLMIError):
+    """A run's event log passed ``[server] max_run_events`` (a model that does not stop)."""
+
+
+class Reservation:
+    """A place among a caller's runs in progress, taken when a request that starts a run is admitted and
+    held until its run is started (or the request fails), so that requests arriving together cannot all
+    pass the ``max_concurrent_runs`` check while their images are still being read."""
+
+    def __init__(self, manager: "RunManager", owner: str):
+        self.manager = manager
+        self.owner = owner
+        self.held = True
+        manager._reserved[owner] = manager._reserved.get(owner, 0) + 1
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        left = self.manager._reserved.get(self.owner, 0) - 1
+        if left > 0:
+            self.manager._reserved[self.owner] = left
+        else:
+            self.manager._reserved.pop(self.owner, None)
+
+
 class RunManager:
     """Starts runs, keeps the live ones, and lets the rest be read back from the store."""
 
@@ -207,6 +234,7 @@ class RunManager:
         self.live: dict[str, Run] = {}
         self._recent: OrderedDict[str, Run] = OrderedDict()
         self._pending_saves: set[asyncio.Task] = set()
+        self._reserved: dict[str, int] = {}
 
     # -- identities and links ---------------------------------------------------------------------
     def token_for(self, run_id: str) -> str:
@@ -215,22 +243,43 @@ class RunManager:
     def token_ok(self, run_id: str, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(self.token_for(run_id), token)
 
+    def image_token(self, run_id: str, name: str) -> str:
+        """Signs one image link: it opens that image only, not the run's document or its other images (an
+        image link travels — a chat front-end's page, a shared conversation — the run's token does not)."""
+        return hmac.new(self.store.secret, f"image:{run_id}/{name}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def image_token_ok(self, run_id: str, name: str, token: str | None) -> bool:
+        return bool(token) and (hmac.compare_digest(self.image_token(run_id, name), token)
+                                or self.token_ok(run_id, token))
+
     def image_path(self, run_id: str, name: str) -> str:
-        return f"/images/{run_id}/{name}?sig={self.token_for(run_id)}"
+        return f"/images/{run_id}/{name}?sig={self.image_token(run_id, name)}"
 
     # -- starting ---------------------------------------------------------------------------------
     def active(self, owner: str) -> int:
-        return sum(1 for r in self.live.values() if r.owner == owner and not r.finished)
+        """Runs of ``owner`` in progress, counting the places held by requests still being admitted."""
+        live = sum(1 for r in self.live.values() if r.owner == owner and not r.finished)
+        return live + self._reserved.get(owner, 0)
+
+    def reserve(self, owner: str) -> Reservation:
+        return Reservation(self, owner)
 
     def start(self, run_id: str, source: EventSource, *, owner: str, kind: str, prompt: str, background: bool,
-              options: dict[str, Any], input_images: list[ImageData], followed: bool) -> Run:
+              options: dict[str, Any], input_images: list[ImageData], followed: bool,
+              reservation: Reservation | None = None) -> Run:
         """Create the run and its driving task. ``followed``: the creating request follows it at once
-        (otherwise nobody following it within ``detach_grace_s`` cancels a non-background run)."""
+        (otherwise nobody following it within ``detach_grace_s`` cancels a non-background run). The
+        ``reservation`` the request held passes to the run."""
         run = Run(run_id, owner=owner, kind=kind, prompt=prompt, background=background, options=options,
                   token=self.token_for(run_id), input_images=input_images)
         self.live[run.id] = run
+        if reservation is not None:
+            reservation.release()  # the run itself counts from now on
         self.store.put(run.record())  # indexed at once: a restart marks it interrupted
         run.task = asyncio.ensure_future(self._drive(run, source))
+        limit = self.server.max_run_s
+        run._deadline_handle = asyncio.get_running_loop().call_later(
+            limit, lambda: self.cancel(run, f"the run passed the time limit ({limit:g} s)", kind="time_limit"))
         if not followed and not background:
             self._schedule_cancel(run, self.server.detach_grace_s)
         return run
@@ -257,11 +306,11 @@ class RunManager:
         loop = asyncio.get_running_loop()
         run._cancel_handle = loop.call_later(delay, lambda: run.followers == 0 and self.cancel(run, "nobody followed the run"))
 
-    def cancel(self, run: Run, reason: str = "cancelled") -> bool:
+    def cancel(self, run: Run, reason: str = "cancelled", *, kind: str = "cancelled") -> bool:
         if run.finished or run.task is None or run.task.done():
             return False
         log.info("cancelling run %s: %s", run.id, reason)
-        run.error = {"kind": "cancelled", "message": reason}
+        run.error = {"kind": kind, "message": reason}
         run.task.cancel()
         return True
 
@@ -275,8 +324,8 @@ class RunManager:
                     self._push(run, ev)
         except asyncio.CancelledError:
             status = "cancelled"
-            reason = (run.error or {}).get("message") or "cancelled"
-            run.error = {"kind": "cancelled", "message": reason}
+            error = run.error or {}
+            run.error = {"kind": error.get("kind") or "cancelled", "message": error.get("message") or "cancelled"}
         except LLMIError as exc:
             status = "failed"
             partial = getattr(exc, "document", None)
@@ -303,6 +352,9 @@ class RunManager:
                                             "cancelled", call.get("description", "")))
         if run.error is not None and not any(e.get("type") == "error" for e in run.events):
             run.append({"type": "error", "kind": run.error["kind"], "message": run.error["message"]})
+        if run._deadline_handle is not None:
+            run._deadline_handle.cancel()
+            run._deadline_handle = None
         run.finished_at = time.time()
         run.status = status
         run.ended.set()
@@ -326,6 +378,11 @@ class RunManager:
 
     def _push(self, run: Run, ev: Any) -> None:
         """One event from the source into the run's log (and its slots)."""
+        limit = self.server.max_run_events
+        if len(run.events) >= limit:
+            message = f"the run produced more than {limit} events and was stopped"
+            run.error = {"kind": "too_many_events", "message": message}
+            raise RunTooLong(message)
         if isinstance(ev, dict):
             d = dict(ev)
         elif getattr(ev, "type", None) in ("tool_finished", "done"):

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..document import Document, FailureBlock
 from .auth import Principal
-from .deps import principal, public_base, run_slot, services, wait_or_disconnect
+from .deps import principal, public_base, reservation, run_slot, services, wait_or_disconnect
 from .inputs import ApiError, chat_to_parts, links_to_tags, tag_text
 from .manager import Run, image_name
 from .runs import TTSOptions, _tts_options
@@ -218,7 +218,7 @@ def _restorer(request: Request):
     stored: dict[str, list[dict[str, Any]]] = {}  # run id -> its stored slots, read once per request
 
     def tag_for(run_id: str, slot: int, sig: str) -> str | None:
-        if not svc.manager.token_ok(run_id, sig):
+        if not svc.manager.image_token_ok(run_id, image_name(slot), sig):
             return None
         run = svc.manager.find(run_id)
         if run is not None and slot in run.slots and run.slots[slot].done():
@@ -261,7 +261,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: P
         raise ApiError(404, f"the model {body.model!r} does not exist; this server serves {srv.model_name!r}",
                        code="model_not_found")
     if body.n not in (None, 1):
-        raise ApiError(400, "only n=1 is supported", code="unsupported_parameter")
+        raise ApiError(400, "only n=1 is supported", code="unsupported_parameter", param="n")
+    extra = body.model_extra or {}
+    for name in ("tools", "functions"):  # silently ignoring them would answer a tool call with prose
+        if extra.get(name) and extra.get("tool_choice", extra.get("function_call")) != "none":
+            raise ApiError(400, f"{name} (function calling) is not supported by llmi; the answer's images come "
+                                "from its own tags", code="unsupported_parameter", param=name)
     parts = chat_to_parts([m.model_dump(exclude_none=True) for m in body.messages], restore=_restorer(request))
     if len(parts.prompt) + sum(len(m["content"]) for m in parts.history) > srv.max_prompt_chars:
         raise ApiError(413, f"the conversation is longer than {srv.max_prompt_chars} characters", code="request_too_large")
@@ -282,7 +287,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: P
     tts = _tts_options(opts.tts)
     run = svc.manager.start(req.run_id, svc.generate_source(req, tts=tts), owner=who.id, kind="chat", prompt=parts.prompt,
                             background=False, options={"stream": body.stream, "sampling": sampling.to_dict(), "tts": tts},
-                            input_images=images, followed=True)
+                            input_images=images, followed=True,
+                            reservation=reservation(request))
     svc.manager.attach(run)
     base = public_base(request)
     created = int(run.created)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..document import Document, FailureBlock, ImageBlock
 from .auth import Principal, bearer
-from .deps import principal, public_base, run_slot, services, wait_or_disconnect, work
+from .deps import light_work, principal, public_base, reservation, run_slot, services, wait_or_disconnect
 from .inputs import ApiError
 from .manager import Run, image_name, input_name
 from .services import Services
@@ -182,12 +182,14 @@ def _owned(svc: Services, run_id: str, who: Principal) -> Run | RunRecord:
     return rec
 
 
-def _readable(request: Request, run_id: str, sig: str | None) -> Run | RunRecord:
-    """A run readable with its signature, or else with the owner's key."""
+def _readable(request: Request, run_id: str, sig: str | None, *, image: str | None = None) -> Run | RunRecord:
+    """A run readable with its signature (for ``image``, that image's own signature also does), or else
+    with the owner's key."""
     svc = services(request)
     if not valid_run_id(run_id):
         raise ApiError(404, "no such run", code="not_found")
-    if sig is not None and svc.manager.token_ok(run_id, sig):
+    m = svc.manager
+    if sig is not None and (m.image_token_ok(run_id, image, sig) if image is not None else m.token_ok(run_id, sig)):
         run = svc.manager.find(run_id)
         if run is not None:
             return run
@@ -212,6 +214,12 @@ async def _document(svc: Services, rec: Run | RunRecord) -> Document:
     if doc is None:
         raise ApiError(404, f"the run has no document ({rec.status})", code="no_document")
     return doc
+
+
+def _last_event_id(value: str | None) -> int:
+    """The ``Last-Event-ID`` a reconnecting client sends (an event's ``id``), else -1 (from the start)."""
+    m = re.fullmatch(r"\s*(-?[0-9]{1,12})\s*", value or "")
+    return int(m.group(1)) if m else -1
 
 
 def _sse(seq: int, event: dict[str, Any]) -> str:
@@ -297,7 +305,7 @@ async def create_run(body: RunCreate, request: Request, who: Principal = Depends
     run = svc.manager.start(req.run_id, svc.generate_source(req, tts=tts), owner=who.id,
                             kind="tts" if tts is not None else "generate", prompt=body.prompt,
                             background=body.options.background, options=options, input_images=images,
-                            followed=body.stream)
+                            followed=body.stream, reservation=reservation(request))
     return await _start_response(request, svc, run, body.stream)
 
 
@@ -310,12 +318,13 @@ async def create_render(body: RenderCreate, request: Request, who: Principal = D
     if len(body.response) > svc.server.max_prompt_chars:
         raise ApiError(413, f"the response is longer than {svc.server.max_prompt_chars} characters",
                        code="request_too_large")
+    _check_tags(svc, body.response, "the response")
     images = await svc.load_images([("data", v) for v in body.images])
     run_id = new_run_id()
     run = svc.manager.start(run_id, svc.render_source(body.response, images, prompt=body.prompt), owner=who.id, kind="render",
                             prompt=body.prompt, background=body.options.background,
                             options={"background": body.options.background}, input_images=images,
-                            followed=body.stream)
+                            followed=body.stream, reservation=reservation(request))
     return await _start_response(request, svc, run, body.stream)
 
 
@@ -343,8 +352,7 @@ async def run_events(run_id: str, request: Request, who: Principal = Depends(pri
                      after: int | None = Query(None, ge=-1, description="resume after this event id")):
     svc = services(request)
     rec = _owned(svc, run_id, who)
-    last = request.headers.get("last-event-id")
-    start = (after if after is not None else int(last) if last and last.strip().lstrip("-").isdigit() else -1) + 1
+    start = max(0, (after if after is not None else _last_event_id(request.headers.get("last-event-id"))) + 1)
     if isinstance(rec, Run) and not rec.finished:
         return _event_stream(request, svc, rec, after=start, grace=None)
     events = rec.events if isinstance(rec, Run) else await asyncio.to_thread(svc.store.load_events, rec.id)
@@ -394,7 +402,9 @@ async def get_document(run_id: str, fmt: Literal["html", "md", "zip", "json"], r
     headers = {"Content-Disposition": f'{"attachment" if download or fmt == "zip" else "inline"}; filename="{name}"'}
     if fmt == "html":
         text = await asyncio.to_thread(render_html, doc, prompt=prompt)
-        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        # The renderer's no-script policy, and more since the page is served from the API's own origin:
+        # sandboxed (an opaque origin, should anything ever run) and never framed by another page.
+        headers["Content-Security-Policy"] = f"{CONTENT_SECURITY_POLICY}; frame-ancestors 'none'; sandbox"
         return Response(text.encode("utf-8", "replace"), media_type="text/html; charset=utf-8", headers=headers)
     if fmt == "json":
         text = await asyncio.to_thread(render_json, doc)
@@ -442,14 +452,16 @@ async def get_slot(run_id: str, slot: int, request: Request, who: Principal = De
 
 
 @router.post("/markdown", response_model=HtmlPart, summary="Model Markdown as sanitised HTML (as the HTML renderer)")
-async def markdown(body: MarkdownBody, request: Request, who: Principal = Depends(principal)) -> HtmlPart:
+async def markdown(body: MarkdownBody, request: Request, who: Principal = Depends(light_work)) -> HtmlPart:
     if len(body.text) > services(request).server.max_prompt_chars:
         raise ApiError(413, "the text is too long", code="request_too_large")
     return HtmlPart(html=await asyncio.to_thread(text_html, body.text))
 
 
 @router.post("/reward", response_model=RewardOut, summary="Score rows with the LLM-I reward")
-async def reward(body: RewardBody, request: Request, who: Principal = Depends(work)) -> RewardOut:
+async def reward(body: RewardBody, request: Request, who: Principal = Depends(run_slot)) -> RewardOut:
+    # run_slot: scoring runs the rows' tags, so it holds one of the key's places for runs in progress.
+    from ..errors import ConfigError
     from ..reward import RewardScorer, sample_from_row
 
     svc = services(request)
@@ -464,7 +476,12 @@ async def reward(body: RewardBody, request: Request, who: Principal = Depends(wo
             raise ApiError(400, f"rows[{i}].document: images must be inline (data_base64), not paths")
         if len(str(row.get("response", ""))) > svc.server.max_prompt_chars:
             raise ApiError(413, f"rows[{i}].response is too long", code="request_too_large")
+        if isinstance(row.get("response"), str) and row.get("document") is None:
+            _check_tags(svc, row["response"], f"rows[{i}].response")
     judges = body.judges if body.judges is not None else bool(svc.settings.llm_judge.base_url)
+    if judges and not svc.settings.llm_judge.base_url:
+        raise ApiError(400, "judges were asked for, but this server has no judge ([llm_judge] base_url)",
+                       code="judges_unavailable", param="judges")
     engine = svc.engine
     assert engine is not None
 
@@ -482,10 +499,24 @@ async def reward(body: RewardBody, request: Request, who: Principal = Depends(wo
         async with RewardScorer(svc.settings, **kwargs) as scorer:
             results.extend(r.to_dict() for r in await scorer.score_batch(samples))
 
-    if not await wait_or_disconnect(request, score_all()):  # a client that left frees the tools and judges
+    try:
+        scored = await wait_or_disconnect(request, score_all())
+    except ConfigError as exc:  # what the request asked for cannot be done with this server's settings
+        raise ApiError(400, str(exc), code="unavailable") from None
+    if not scored:  # a client that left frees the tools and judges
         return JSONResponse({"error": {"message": "the client closed the connection", "type": "client_closed",
                                        "param": None, "code": None}}, status_code=499)
     return RewardOut(results=results)
+
+
+def _check_tags(svc: Services, response: str, what: str) -> None:
+    """A written response runs one tool call per tag: at most ``[server] max_tags`` of them."""
+    from ..protocol import count_tags
+
+    limit = svc.server.max_tags
+    n = count_tags(response)
+    if n > limit:
+        raise ApiError(413, f"{what} has {n} image tags; the limit is {limit}", code="too_many_tags")
 
 
 def _reward_config(svc: Services):
@@ -536,7 +567,7 @@ async def _slot_block(svc: Services, rec: Run | RunRecord, slot: int, *, wait: b
                               503: {"description": "not ready within image_wait_s (a PNG saying so; Retry-After)"}})
 async def image(run_id: str, name: str, request: Request, sig: str | None = Query(None)) -> Response:
     svc = services(request)
-    rec = _readable(request, run_id, sig)
+    rec = _readable(request, run_id, sig, image=name)
     m = re.match(r"^(slot|input)-(\d{1,6})$", name)
     if m is None:
         raise ApiError(404, "no such image", code="not_found")

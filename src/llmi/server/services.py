@@ -42,6 +42,7 @@ class Services:
     engine: "Engine | None" = None
     llm: "LLMBackend | None" = None
     fetcher: "SafeFetcher | None" = None
+    light_limiter: RateLimiter | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @property
@@ -89,7 +90,8 @@ class Services:
             what = f"image {i}"
             if kind == "data":
                 out.append(await asyncio.to_thread(decode_image, value, max_bytes=srv.max_image_bytes,
-                                                   max_pixels=limits.max_pixels, what=what))
+                                                   max_pixels=limits.max_pixels, what=what,
+                                                   max_size=(limits.max_width, limits.max_height)))
                 continue
             assert self.fetcher is not None
             try:

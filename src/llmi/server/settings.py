@@ -40,6 +40,17 @@ class ServerSettings(BaseModel):
     heartbeat_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments on event streams")
     keep_in_memory: int = Field(64, ge=1, description="finished runs kept in memory (older ones are read from disk)")
     max_reward_rows: int = Field(256, ge=1, description="rows per /api/reward request")
+    max_tags: int = Field(64, ge=1, description="most image tags one written response may run (/api/render, each "
+                                                 "/api/reward row); more is 413")
+    max_run_s: float = Field(3600.0, gt=0, description="a run still going after this many seconds is cancelled")
+    max_run_events: int = Field(250_000, ge=100, description="a run whose event log grows past this is stopped "
+                                                             "(bounds the memory of a model that never stops)")
+    max_connections: int = Field(1024, ge=1, description="open connections llmi serve accepts at once (503 above)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="extra Host names a server without API keys answers (loopback names, the bound host and "
+                    "public_url's host always are); guards against DNS rebinding",
+    )
 
     def resolved_data_dir(self, base: Path | None = None) -> Path:
         if self.data_dir:
