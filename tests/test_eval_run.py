@@ -407,7 +407,8 @@ async def test_tts_hook_judges_each_stage(tmp_path, monkeypatch):
         assert len(llm.requests) == 0  # generation went through llmi.tts
     assert [c[1] for c in calls] == [4, 4] and all(c[2] and c[3] for c in calls)  # the run's LLM and engine reused
     stages = {s["stage"]: s for s in summary["tts_stages"]}
-    assert stages["sample"]["llm_calls"] == 8 and stages["sample"]["tokens_out"] == 800
+    assert stages["sample"]["llm_calls"] == 4 and stages["sample"]["tokens_out"] == 400  # per item
+    assert stages["sample"]["total"]["llm_calls"] == 8 and stages["sample"]["total"]["tokens_out"] == 800
     assert stages["execute"]["score"]["mean"] == 0.0 and stages["polish"]["score"]["mean"] == 10.0  # the gain per stage
     assert summary["scores"]["score"]["mean"] == 10.0 and summary["cost"]["tokens_in"] == 300
     assert len(judge.requests) == 2 + 2  # the execute snapshot is judged; the polished one is the final document

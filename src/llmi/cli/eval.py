@@ -115,6 +115,11 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     info(f"cost: {cost.get('tokens_in', 0)} tokens in, {cost.get('tokens_out', 0)} out; "
          f"{cost.get('judge_calls', 0)} judge call(s) ({cost.get('judge_answers_reused', 0)} answer(s) reused); "
          f"{cost.get('this_run', {}).get('wall_s', 0):.1f} s this run")
+    if summary.get("tts_stages"):
+        from ..eval.stages import format_stage_summary
+
+        info("test-time scaling, per stage (score after it, gain, extra cost per item):\n"
+             + format_stage_summary(summary["tts_stages"]))
     judge = summary.get("judge") or {}
     if judge.get("published_judge") and judge.get("model") and judge["model"] != judge["published_judge"]:
         info(f"note: judged by {judge['model']}; the published numbers used {judge['published_judge']} "

@@ -86,12 +86,15 @@ async def _generate_tts(request: Any, settings: Any, n: int, *, llm: Any, engine
             kw[name] = value
     t0 = time.perf_counter()
     result = await run_tts(request, **kw)
-    cost = getattr(result, "cost", None)
-    stages = _stage_costs(cost)
-    status = {getattr(r, "name", None): getattr(r, "status", None) for r in getattr(result, "stages", None) or []}
-    for s in stages:
-        if status.get(s.get("stage")):
-            s.setdefault("status", status[s["stage"]])
+    from .stages import stages_of
+
+    stages = stages_of(result)  # every stage in the order it ran, skipped ones too
+    if not stages:
+        stages = _stage_costs(getattr(result, "cost", None))
+        status = {getattr(r, "name", None): getattr(r, "status", None) for r in getattr(result, "stages", None) or []}
+        for s in stages:
+            if status.get(s.get("stage")):
+                s.setdefault("status", status[s["stage"]])
     trace = getattr(result, "trace", None)
     doc = result.document
     response = getattr(result, "response", "") or (doc.to_response() if hasattr(doc, "to_response") else "")

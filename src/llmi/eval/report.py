@@ -146,12 +146,6 @@ def plot_tools(per_tool: dict[str, dict[str, Any]], path: Path) -> bytes | None:
     return _png(fig, path)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, dict) and "mean" in value:
-        return _esc(fmt_ci(value))
-    return _num(value)
-
-
 def _img(data: bytes | None, alt: str) -> str:
     if not data:
         return ""
@@ -347,14 +341,9 @@ def write_report(run: Any, bench: Any, items: list[Any], rows: dict[str, dict[st
         ("judging time (sum)", f"{cost.get('judge_s', 0):.1f} s"),
         ("this run's wall time", f"{(cost.get('this_run') or {}).get('wall_s', 0):.1f} s"),
     ]
-    stages = summary.get("tts_stages") or []
-    stage_html = ""
-    if stages:
-        keys = sorted({k for s in stages for k in s if k not in ("stage",)})
-        stage_html = ('<h2>Test-time scaling stages</h2><table class="ev-table"><tr><th>stage</th>'
-                      + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr>"
-                      + "".join("<tr><td>" + _esc(s["stage"]) + "</td>" + "".join(f'<td class="num">{_cell(s.get(k))}</td>' for k in keys)
-                                + "</tr>" for s in stages) + "</table>")
+    from .stages import stage_summary_html
+
+    stage_html = stage_summary_html(summary.get("tts_stages") or [])
 
     item_html = []
     table_rows = []

@@ -517,40 +517,10 @@ def build_summary(bench: Benchmark, items: list[Item], rows: dict[str, dict[str,
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    stages = _stage_summary(ok, bench.item_scale)
+    from .stages import stage_summary
+
+    stages = stage_summary(ok, bench.item_scale)
     if stages:
         summary["tts_stages"] = stages
     return summary
 
-
-def _stage_summary(rows: list[dict[str, Any]], scale: float = 1.0) -> list[dict[str, Any]]:
-    """Per test-time-scaling stage: how many items ran it and the summed numeric costs."""
-    order: list[str] = []
-    acc: dict[str, Counter] = {}
-    counts: Counter = Counter()
-    for r in rows:
-        for s in r.get("stages") or []:
-            name = str(s.get("stage") or s.get("name") or "?")
-            if name not in acc:
-                order.append(name)
-                acc[name] = Counter()
-            counts[name] += 1
-            for k, v in s.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    acc[name][k] += v
-    from .stats import mean_ci, rounded
-
-    for r in rows:  # stages that changed the document but reported no cost of their own
-        for name in r.get("stage_scores") or {}:
-            if name not in acc:
-                order.append(name)
-                acc[name] = Counter()
-    out = []
-    for n in order:
-        entry: dict[str, Any] = {"stage": n, "items": counts[n] or sum(n in (r.get("stage_scores") or {}) for r in rows),
-                                 **{k: round(v, 4) for k, v in acc[n].items()}}
-        scores = [(r.get("stage_scores") or {}).get(n) for r in rows if n in (r.get("stage_scores") or {})]
-        if scores:
-            entry["score"] = rounded(mean_ci(scores, scale=scale))
-        out.append(entry)
-    return out
