@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import sys
 from typing import Any, Mapping
 
 from ..config import Settings, load_settings
@@ -53,13 +54,33 @@ from ..reward.scoring import RewardScorer, Sample, load_image, question_text
 
 log = logging.getLogger(__name__)
 
-try:  # verl >= 0.7: the reward loop
-    from verl.experimental.reward_loop.reward_manager import register as _register
+try:  # verl >= 0.7: the reward loop (verl.workers.reward_manager is the older, __call__-based registry)
+    from verl.experimental.reward_loop.reward_manager import register as _verl_register
     from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase as _Base
+    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER as _REGISTRY
 
     HAVE_VERL = True
-except ImportError:  # verl not installed: keep the module importable (docs, tests, llmi train --backend verl)
+
+    def _register(name: str):
+        """verl's ``@register``, tolerating a re-import of this module (``importlib.reload``, a test that
+        imports it afresh): the new class replaces its own earlier version instead of raising."""
+
+        def decorator(cls: type) -> type:
+            old = _REGISTRY.get(name)
+            if old is not None and old is not cls and (old.__module__, old.__qualname__) == (
+                    cls.__module__, cls.__qualname__):
+                _REGISTRY[name] = cls
+                return cls
+            return _verl_register(name)(cls)
+
+        return decorator
+
+except ImportError as _exc:  # verl not installed: keep the module importable (docs, tests, llmi train --backend verl)
     HAVE_VERL = False
+    # quiet when verl is simply absent; a missing dependency of verl, or a verl without this reward loop, is said
+    if (_exc.name or "").split(".")[0] != "verl" or sys.modules.get("verl") is not None:
+        log.warning("verl is installed but its reward loop does not import (%s): LLMIRewardManager is not "
+                    "registered with verl (llmi's verl adapter is written for verl 0.9.1)", _exc)
 
     class _Base:  # type: ignore[no-redef]
         def __init__(self, config: Any, tokenizer: Any, compute_score: Any):
@@ -105,9 +126,17 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return value.tolist()
-    if hasattr(value, "items"):
+    """Python lists and dicts from numpy arrays/scalars (verl's non-tensor batch) and OmegaConf nodes."""
+    if type(value).__module__.startswith("omegaconf"):  # DictConfig/ListConfig (a missing attribute is None)
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (str, bytes)):
+        return value
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
 
@@ -207,16 +236,22 @@ def sample_of(response: str, extra_info: Mapping[str, Any], raw_prompt: Any = No
     """A :class:`Sample` from what verl hands a reward manager; a missing ``image_num`` or ``tools`` in
     ``extra_info`` makes it an input error (the data was not prepared with ``llmi data --to verl``)."""
     extra_info = dict(_plain(extra_info) or {})
-    missing = [k for k in ("image_num", "tools") if k not in extra_info]
+    # a key that is null counts as missing: parquet gives every row of a mixed file all keys of its struct
+    missing = [k for k in ("image_num", "tools") if extra_info.get(k) is None]
     if missing:
         return Sample.invalid(f"extra_info has no {', '.join(missing)}: prepare the data with `llmi data --to verl`")
+    image_num, tools = extra_info["image_num"], extra_info["tools"]
+    if isinstance(image_num, bool) or not isinstance(image_num, (int, float)) or int(image_num) != image_num:
+        return Sample.invalid(f"extra_info image_num must be an integer, got {image_num!r}")
+    if isinstance(tools, str) or not isinstance(tools, (list, tuple)) or not all(isinstance(t, str) for t in tools):
+        return Sample.invalid(f"extra_info tools must be a list of tool names, got {tools!r}")
     refs = list(images) if images is not None else images_from_prompt(raw_prompt)
     try:
         imgs = [load_image(r) for r in refs]
     except Exception as exc:  # noqa: BLE001 - an unusable image is this row's input error
         return Sample.invalid(f"an input image is unusable: {exc}")
     return Sample(prompt=_question(extra_info, raw_prompt), response=response,
-                  image_num=extra_info["image_num"], tools=list(extra_info["tools"] or []),
+                  image_num=int(image_num), tools=list(tools),
                   split=str(extra_info.get("split") or "train"), input_images=imgs)
 
 
