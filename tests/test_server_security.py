@@ -770,3 +770,109 @@ def test_served_documents_run_nothing_and_fetch_nothing_outside(tmp_path):
                 finally:
                     browser.close()
     assert hits == []
+
+
+class _CliServer(LiveServer):
+    """The app under uvicorn with the settings ``llmi serve`` gives it (:func:`llmi.cli.serve.uvicorn_config`)."""
+
+    def __init__(self, app, server_settings):
+        super().__init__(app)
+        self.server_settings = server_settings
+
+    def __enter__(self):
+        import threading
+
+        import uvicorn
+
+        from llmi.cli.serve import uvicorn_config
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn_config(self.app, self.server_settings)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            assert self._thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return self
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except (TimeoutError, ConnectionResetError):
+        return False
+
+
+def test_connections_that_send_slowly_are_closed(llm, tmp_path):
+    """Finding (medium): uvicorn keeps a connection that never sends a request (or sends its headers or
+    body a byte at a time) open forever, so a few hundred such connections take every connection the
+    server allows (slowloris). llmi serve's protocol gives each request a deadline to arrive in full;
+    streamed answers are not limited by it."""
+    settings = settings_for(llm.base_url, server={"request_timeout_s": 0.6, "rate_per_minute": 6000, "burst": 1000})
+    app = create_app(settings, keys=KeyRing(), data_dir=tmp_path)
+    with _CliServer(app, settings.server) as srv:
+        host, port = srv.base_url.removeprefix("http://").split(":")
+        idle = socket.create_connection((host, int(port)))
+        partial = socket.create_connection((host, int(port)))
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        trickle = socket.create_connection((host, int(port)))
+        trickle.sendall(b"POST /api/markdown HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n{")
+        t0 = time.monotonic()
+        try:
+            for s in (idle, partial, trickle):
+                assert _closed_within(s, 5)
+            assert time.monotonic() - t0 < 4
+        finally:
+            for s in (idle, partial, trickle):
+                s.close()
+        # Ordinary use is untouched: a kept-alive connection with pauses, and a stream longer than the deadline.
+        with httpx.Client(base_url=srv.base_url) as c:
+            assert c.get("/healthz").status_code == 200
+            time.sleep(0.3)
+            assert c.get("/healthz").status_code == 200
+            t0 = time.monotonic()
+            r = c.post("/api/runs", json={"prompt": "slow", "stream": True}, timeout=30)
+            assert r.status_code == 200 and '"type": "done"' in r.text
+            assert time.monotonic() - t0 > 0.6
+
+
+def test_the_data_folder_is_private(llm, tmp_path):
+    """Finding (low): the data folder and its index (every prompt, title and owner) were created with the
+    umask's mode (0755 / 0644 here), readable by every local user; now 0700 / 0600."""
+    import stat
+
+    root = tmp_path / "data"
+    with _server(llm, root) as srv:
+        _finished_run(srv, {}, images=[_b64png()])
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(root) == 0o700 and mode(root / "runs") == 0o700
+    for name in ("server.sqlite", "secret"):
+        assert mode(root / name) == 0o600, name
+    for f in (root / "runs").rglob("*"):
+        if f.is_file():
+            assert mode(f) & 0o077 == 0, f
+
+
+def test_test_time_scaling_candidates_are_capped(llm, tmp_path):
+    """Finding (low): a request could ask for 64 test-time-scaling candidates (64 LLM streams and their
+    tools) in one run's place; [server] max_tts_n bounds what a request may ask for."""
+    from llmi.server.runs import _tts_available
+
+    if not _tts_available():
+        pytest.skip("llmi.tts is not installed")
+    with _server(llm, tmp_path, max_tts_n=4) as srv:
+        err = _is_error(httpx.post(srv.base_url + "/api/runs", json={"prompt": "x", "options": {"tts": {"n": 5}}}),
+                        400, "too_many_candidates")
+        assert "at most 4" in err["message"]
+        r = httpx.post(srv.base_url + "/v1/chat/completions", json={
+            "model": "llmi", "messages": [{"role": "user", "content": "x"}], "llmi": {"tts": {"n": 64}}})
+        _is_error(r, 400, "too_many_candidates")
+        assert srv.services.manager.active("local") == 0

@@ -66,10 +66,22 @@ def serve_cmd(
         auth = f"{len(keys)} API key(s)" if keys.enabled else "no API keys (loopback only)" if not server.allow_no_auth else "NO API KEYS"
         info(f"llmi serve: page {url}/ · OpenAI base URL {url}/v1 (model {server.model_name!r}) · {auth}")
         sock = _bind(server.host, server.port)
-        config_ = uvicorn.Config(app_, host=server.host, port=server.port, log_level="info" if verbose else "warning",
-                                 timeout_graceful_shutdown=5, limit_concurrency=server.max_connections)
+        config_ = uvicorn_config(app_, server, verbose=verbose)
         redact_access_log()  # after Config: it sets up uvicorn's loggers
         uvicorn.Server(config_).run(sockets=[sock])
+
+
+def uvicorn_config(app_, server, *, verbose: bool = False):
+    """uvicorn's settings for ``llmi serve``: a cap on connections, and the h11 protocol with a deadline
+    for reading each request (:mod:`llmi.server.conn`; uvicorn alone never closes a connection that
+    sends nothing)."""
+    import uvicorn
+
+    from ..server.conn import protocol_class
+
+    return uvicorn.Config(app_, host=server.host, port=server.port, log_level="info" if verbose else "warning",
+                          timeout_graceful_shutdown=5, limit_concurrency=server.max_connections,
+                          http=protocol_class(server.request_timeout_s))
 
 
 def _bind(host: str, port: int):

@@ -284,7 +284,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: P
     req = RunRequest(prompt=parts.prompt, images=tuple(images), history=tuple(parts.history), sampling=sampling,
                      system_prompt=system, image_num=opts.image_num,
                      tools=tuple(opts.tools) if opts.tools is not None else None)
-    tts = _tts_options(opts.tts)
+    tts = _tts_options(opts.tts, max_n=srv.max_tts_n)
     run = svc.manager.start(req.run_id, svc.generate_source(req, tts=tts), owner=who.id, kind="chat", prompt=parts.prompt,
                             background=False, options={"stream": body.stream, "sampling": sampling.to_dict(), "tts": tts},
                             input_images=images, followed=True,

@@ -236,12 +236,16 @@ def _tts_available() -> bool:
         return False
 
 
-def _tts_options(value: "bool | TTSOptions | None") -> dict[str, Any] | None:
+def _tts_options(value: "bool | TTSOptions | None", *, max_n: int | None = None) -> dict[str, Any] | None:
     if not value:
         return None
     if not _tts_available():
         raise ApiError(400, "test-time scaling (options.tts) is not available in this llmi build: the llmi.tts "
                             "pipeline is not installed", code="tts_unavailable")
+    if isinstance(value, TTSOptions) and max_n is not None and value.n is not None and value.n > max_n:
+        # each candidate is a whole answer (an LLM stream and its tool calls), all in one run's place
+        raise ApiError(400, f"options.tts.n is {value.n}; this server allows at most {max_n} candidates",
+                       code="too_many_candidates", param="tts.n")
     return value.model_dump(exclude_none=True) if isinstance(value, TTSOptions) else {}
 
 
@@ -294,7 +298,7 @@ async def create_run(body: RunCreate, request: Request, who: Principal = Depends
     srv = svc.server
     if len(body.prompt) + sum(len(m.content) for m in body.history) > srv.max_prompt_chars:
         raise ApiError(413, f"the prompt is longer than {srv.max_prompt_chars} characters", code="request_too_large")
-    tts = _tts_options(body.options.tts)
+    tts = _tts_options(body.options.tts, max_n=srv.max_tts_n)
     images = await svc.load_images([("url" if v.startswith(("http://", "https://")) else "data", v)
                                     for v in body.images])
     sampling = Sampling(**body.sampling.model_dump()) if body.sampling else Sampling()

@@ -42,10 +42,16 @@ class ServerSettings(BaseModel):
     max_reward_rows: int = Field(256, ge=1, description="rows per /api/reward request")
     max_tags: int = Field(64, ge=1, description="most image tags one written response may run (/api/render, each "
                                                  "/api/reward row); more is 413")
+    max_tts_n: int = Field(8, ge=1, description="most test-time scaling candidates a request may ask for "
+                                                 "(options.tts.n; tts = true uses the [tts] table as configured)")
     max_run_s: float = Field(3600.0, gt=0, description="a run still going after this many seconds is cancelled")
     max_run_events: int = Field(250_000, ge=100, description="a run whose event log grows past this is stopped "
                                                              "(bounds the memory of a model that never stops)")
     max_connections: int = Field(1024, ge=1, description="open connections llmi serve accepts at once (503 above)")
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="a request (line, headers and body) must arrive within this, else its connection "
+                                "is closed (slow senders); streamed answers are not limited"
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="extra Host names a server without API keys answers (loopback names, the bound host and "

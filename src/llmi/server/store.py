@@ -119,10 +119,16 @@ class Store:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "runs").mkdir(exist_ok=True)
+        # Prompts and documents are private: the folders this creates, and the index, are the owner's only
+        # (files under runs/ are written through mkstemp, 0600, already).
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.root / "runs").mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.root / "runs", 0o700)
+        index = self.root / "server.sqlite"
+        if not index.exists():
+            os.close(os.open(index, os.O_WRONLY | os.O_CREAT, 0o600))  # sqlite's -wal / -shm files follow its mode
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.root / "server.sqlite", check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(index, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
