@@ -876,3 +876,35 @@ def test_test_time_scaling_candidates_are_capped(llm, tmp_path):
             "model": "llmi", "messages": [{"role": "user", "content": "x"}], "llmi": {"tts": {"n": 64}}})
         _is_error(r, 400, "too_many_candidates")
         assert srv.services.manager.active("local") == 0
+
+
+def test_finished_runs_leave_memory_by_size_and_stored_images_are_not_decoded(llm, tmp_path, monkeypatch):
+    """Finding (medium): the last 64 finished runs stayed in memory with all their images (8 uploads of
+    16 MiB each allowed per run: gigabytes), and each request for a stored run's input image decoded every
+    input of that run (seconds of CPU per request, for anyone holding one image link). Now a byte budget
+    ([server] keep_in_memory_mb) applies, a run leaves memory only once stored, and stored inputs are
+    served as their files."""
+    big = _b64png(300, 300)
+    with _server(llm, tmp_path, keep_in_memory_mb=0.001) as srv:
+        run = _finished_run(srv, {}, images=[big, big])
+        deadline = time.monotonic() + 5
+        while srv.services.manager.find(run["id"]) is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.services.manager.find(run["id"]) is None  # 2 x 300x300 images > 1 KB: gone from memory
+        doc = _done_document(srv, {}, run["id"])
+
+        def no_decode(*a, **k):
+            raise AssertionError("a stored image was decoded to be served")
+
+        monkeypatch.setattr(srv.services.store, "load_inputs", no_decode)
+        monkeypatch.setattr(srv.services.store, "load_document", no_decode)
+        for url in [im["url"] for im in doc["input_images"]]:
+            r = httpx.get(srv.base_url + url)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert r.content == base64.b64decode(big)
+        r = httpx.get(srv.base_url + doc["input_images"][0]["url"].replace("input-0", "input-7"))
+        assert r.status_code in (403, 404)
+    with _server(llm, tmp_path / "roomy") as srv:
+        run = _finished_run(srv, {}, images=[big])
+        time.sleep(0.2)
+        assert srv.services.manager.find(run["id"]) is not None  # within the default budget: kept

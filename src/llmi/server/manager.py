@@ -117,6 +117,8 @@ class Run:
         self._changed = asyncio.Event()
         self.ended = asyncio.Event()
         self.has_output = asyncio.Event()
+        self.saved = False  # its files are written (or writing them failed): it may leave memory
+        self.nbytes = 0  # image bytes it holds once finished (inputs and slots)
 
     @property
     def finished(self) -> bool:
@@ -360,9 +362,23 @@ class RunManager:
         run.ended.set()
         run.notify()  # followers waiting for more see that the run is over
         self.live.pop(run.id, None)
+        run.nbytes = sum(len(im.data) for im in run.input_images) + sum(
+            len(f.result().data) for f in run.slots.values() if f.done() and isinstance(f.result(), ImageBlock))
         self._recent[run.id] = run
-        while len(self._recent) > self.server.keep_in_memory:
-            self._recent.popitem(last=False)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Finished runs leave memory, oldest first, past ``keep_in_memory`` runs or ``keep_in_memory_mb``
+        of images — only once stored, so that their links never answer 404 in between."""
+        budget = self.server.keep_in_memory_mb * 2**20
+        total = sum(r.nbytes for r in self._recent.values())
+        for run_id in list(self._recent):
+            if len(self._recent) <= self.server.keep_in_memory and total <= budget:
+                break
+            run = self._recent[run_id]
+            if run.saved:
+                total -= run.nbytes
+                del self._recent[run_id]
 
     async def _save(self, run: Run) -> None:
         try:
@@ -375,6 +391,9 @@ class RunManager:
             await asyncio.to_thread(self.store.put, run.record())
         except Exception:  # noqa: BLE001
             log.exception("could not store run %s", run.id)
+        finally:
+            run.saved = True
+            self._evict()
 
     def _push(self, run: Run, ev: Any) -> None:
         """One event from the source into the run's log (and its slots)."""

@@ -578,10 +578,19 @@ async def image(run_id: str, name: str, request: Request, sig: str | None = Quer
     n = int(m.group(2))
     cache = {"Cache-Control": "private, max-age=86400"}
     if m.group(1) == "input":
-        images = rec.input_images if isinstance(rec, Run) else await asyncio.to_thread(svc.store.load_inputs, run_id)
-        if n >= len(images):
+        if isinstance(rec, Run):
+            if n >= len(rec.input_images):
+                raise ApiError(404, "no such image", code="not_found")
+            return Response(rec.input_images[n].data, media_type=rec.input_images[n].mime, headers=cache)
+        # A stored input is served as its file, never decoded: one request costs one read, not a decode of
+        # every image of the run (they were checked when they came in).
+        path = await asyncio.to_thread(svc.store.image_file, run_id, input_name(n))
+        if path is None:
             raise ApiError(404, "no such image", code="not_found")
-        return Response(images[n].data, media_type=images[n].mime, headers=cache)
+        data = await asyncio.to_thread(path.read_bytes)
+        from ..images import sniff_mime
+
+        return Response(data, media_type=sniff_mime(data) or "application/octet-stream", headers=cache)
     if not isinstance(rec, Run):
         path = await asyncio.to_thread(svc.store.image_file, run_id, image_name(n))
         if path is not None:

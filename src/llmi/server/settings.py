@@ -39,6 +39,8 @@ class ServerSettings(BaseModel):
     )
     heartbeat_s: float = Field(15.0, gt=0, description="seconds between keep-alive comments on event streams")
     keep_in_memory: int = Field(64, ge=1, description="finished runs kept in memory (older ones are read from disk)")
+    keep_in_memory_mb: float = Field(256.0, ge=0, description="image bytes those finished runs may hold in memory, "
+                                                              "in MiB (older ones are read from disk)")
     max_reward_rows: int = Field(256, ge=1, description="rows per /api/reward request")
     max_tags: int = Field(64, ge=1, description="most image tags one written response may run (/api/render, each "
                                                  "/api/reward row); more is 413")
