@@ -107,9 +107,10 @@ def test_round_trips_between_the_layouts(tmp_path):
     assert first["images"] == ["reward_images/r0-0.png"] and first["image_num"] == 1
     again = read_rows([jl])
     assert [r.prompt for r in again] == [r.prompt for r in rows]
-    # -> LLM-I layout
+    # -> LLM-I layout (a row with input images has a chat prompt, as the release's train_mm.parquet)
     rec = to_llmi_record(again[0])
-    assert rec["prompt"] == "<image> the sales rose in spring 0" and rec["extra_info"]["tools"] == ["edit"]
+    assert rec["prompt"] == [{"role": "user", "content": "<image> the sales rose in spring 0"}]
+    assert rec["extra_info"]["tools"] == ["edit"]
 
 
 def test_images_are_scaled_to_max_pixels():

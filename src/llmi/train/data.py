@@ -20,6 +20,7 @@ model is loaded. The ``to_*`` functions write each layout back; :func:`summarize
 from __future__ import annotations
 
 import base64
+import difflib
 import io
 import json
 import logging
@@ -111,10 +112,15 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]
         import datasets
     except ImportError as exc:  # pragma: no cover - the train extra installs it
         raise TrainDataError("reading parquet needs the 'datasets' package: pip install 'llmi[train]'") from exc
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # "Generating train split" bars for every file are noise here
     try:
         ds = datasets.load_dataset("parquet", data_files=p, split="train")
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
         raise TrainDataError(f"cannot read {p}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     for n, record in enumerate(ds, 1):
         yield n, record
 
@@ -264,7 +270,7 @@ def parse_record(record: Any, *, base_dir: str | None = None, origin: str = "") 
     if "__error__" in record:
         raise TrainDataError(record["__error__"])
     if "prompt" not in record:
-        raise TrainDataError("no 'prompt'")
+        raise TrainDataError("no 'prompt'" + _columns_hint("prompt", record))
     extra_info = record.get("extra_info")
     if isinstance(extra_info, dict) and ("image_num" in extra_info or "tools" in extra_info):
         meta, layout = dict(extra_info), "llmi-i"
@@ -272,16 +278,27 @@ def parse_record(record: Any, *, base_dir: str | None = None, origin: str = "") 
         meta, layout = record, "reward"
     else:
         where = "extra_info" if isinstance(extra_info, dict) else "the row (or its extra_info)"
-        raise TrainDataError(f"no 'image_num' and no 'tools' in {where}: this is not LLM-I training data")
+        hint = _columns_hint("extra_info", record) if not isinstance(extra_info, dict) else \
+            _columns_hint("image_num", extra_info)
+        raise TrainDataError(f"no 'image_num' and no 'tools' in {where}: this is not LLM-I training data{hint}")
     prompt = _chat(record["prompt"])
     structured = 0
     if not isinstance(record["prompt"], str):
         structured = sum(_content_text(m.get("content"))[1] for m in _list(record["prompt"], "prompt"))
-    image_num = _image_num(meta.get("image_num"), missing="image_num" not in meta)
-    tools = _tools(meta.get("tools"), missing="tools" not in meta)
+    try:
+        image_num = _image_num(meta.get("image_num"), missing="image_num" not in meta)
+        tools = _tools(meta.get("tools"), missing="tools" not in meta)
+    except TrainDataError as exc:
+        missing = "image_num" if "image_num" not in meta else "tools" if "tools" not in meta else None
+        raise TrainDataError(str(exc) + (_columns_hint(missing, meta) if missing else "")) from None
     split = _split(meta.get("split"))
     images = tuple(_resolve_image(r, base_dir) for r in _list(record.get("images"), "images"))
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in prompt if m["role"] == "user")
+    if placeholders and not images and record.get("images") is None:
+        other = [k for k in ("image", "imgs", "input_images", "image_paths") if record.get(k) is not None]
+        if other:
+            raise TrainDataError(f"{placeholders} <image> placeholder(s) but no 'images' column (the row has "
+                                 f"{other[0]!r}; the input images go in 'images')")
     in_other = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in prompt if m["role"] != "user")
     if in_other:
         raise TrainDataError("an <image> placeholder outside a user message")
@@ -297,12 +314,26 @@ def parse_record(record: Any, *, base_dir: str | None = None, origin: str = "") 
         question = question_of(prompt)
     data_source = record.get("data_source") or (MM_SOURCE if images else TEXT_SOURCE)
     known = {"image_num", "tools", "split", "question", "index"}
-    extra = {k: v for k, v in meta.items() if k not in known} if layout == "llmi-i" else {}
+    if layout == "llmi-i":
+        extra = {k: v for k, v in meta.items() if k not in known}
+    else:  # reward rows keep the LLM-I extra_info fields they were converted from under extra_info
+        extra = dict(extra_info) if isinstance(extra_info, dict) else {}
+    # parquet gives every row every struct field of the file (None where a row had none): not data
+    extra = {k: v for k, v in extra.items() if v is not None}
     index = meta.get("index")
     return TrainRow(
         prompt=prompt, image_num=image_num, tools=tools, split=split, question=question,
         index=index, data_source=str(data_source), images=images, extra=_plain(extra), origin=origin,
     )
+
+
+def _columns_hint(wanted: str, record: dict[str, Any]) -> str:
+    """`` (the row has: a, b, c; did you mean 'x'?)`` for a field that is missing from ``record``."""
+    keys = [str(k) for k in record if not str(k).startswith("__")]
+    if not keys:
+        return ""
+    close = difflib.get_close_matches(wanted, keys, n=1, cutoff=0.6)
+    return f" (the row has: {', '.join(keys[:12])}" + (f"; did you mean {close[0]!r}?)" if close else ")")
 
 
 def _plain(value: Any) -> Any:
@@ -359,11 +390,46 @@ def open_image(ref: Any, max_pixels: int | None = None):
 
 
 def _png(ref: Any, max_pixels: int | None) -> bytes:
+    """The image's encoded bytes: as stored (any format) unless it must be scaled or is a PIL image (PNG)."""
     if max_pixels is None and not hasattr(ref, "save"):
         return image_bytes(ref)
+    if max_pixels is not None and not hasattr(ref, "save"):
+        data = image_bytes(ref)
+        img = open_image(data)
+        if img.width * img.height <= max_pixels:
+            return data  # small enough: kept byte for byte
     buf = io.BytesIO()
     open_image(ref, max_pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+_MAGIC = ((b"\x89PNG", "png", "image/png"), (b"\xff\xd8\xff", "jpg", "image/jpeg"), (b"GIF8", "gif", "image/gif"),
+          (b"BM", "bmp", "image/bmp"))
+
+
+def image_kind(data: bytes) -> tuple[str, str]:
+    """``(extension, mime type)`` of encoded image bytes (PNG when unknown)."""
+    for magic, ext, mime in _MAGIC:
+        if data.startswith(magic):
+            return ext, mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp", "image/webp"
+    return "png", "image/png"
+
+
+def _data_uri(data: bytes) -> str:
+    return f"data:{image_kind(data)[1]};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _image_path(ref: Any) -> str | None:
+    """The file name an image struct carried (the release stores one next to the bytes), if any."""
+    if isinstance(ref, dict) and isinstance(ref.get("path"), str) and ref.get("bytes") is not None:
+        return ref["path"]
+    return None
+
+
+def _image_structs(row: "TrainRow", max_pixels: int | None) -> list[dict[str, Any]]:
+    return [{"bytes": _png(r, max_pixels), "path": _image_path(r)} for r in row.images]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,12 +457,14 @@ def _extra_info(row: TrainRow) -> dict[str, Any]:
 
 
 def to_llmi_record(row: TrainRow, *, max_pixels: int | None = None) -> dict[str, Any]:
-    """The LLM-I release's layout (prompt as a string when it is one user message, as the release's text rows)."""
-    prompt: Any = row.prompt[0]["content"] if len(row.prompt) == 1 else [dict(m) for m in row.prompt]
+    """The LLM-I release's layout: a text row's prompt is a string when it is one user message (the
+    release's ``train.parquet``), a row with input images has a chat list (its ``train_mm.parquet``)."""
+    text = len(row.prompt) == 1 and row.prompt[0]["role"] == "user" and not row.images
+    prompt: Any = row.prompt[0]["content"] if text else [dict(m) for m in row.prompt]
     return {
         "data_source": row.data_source,
         "prompt": prompt,
-        "images": [{"bytes": _png(r, max_pixels), "path": None} for r in row.images],
+        "images": _image_structs(row, max_pixels),
         "extra_info": _extra_info(row),
     }
 
@@ -410,30 +478,33 @@ def to_verl_record(row: TrainRow, *, max_pixels: int | None = None) -> dict[str,
         "prompt": [dict(m) for m in row.prompt],
         "ability": "interleaved",
         "reward_model": {"style": "llmi", "ground_truth": ""},
-        "images": [{"bytes": _png(r, max_pixels), "path": None} for r in row.images],
+        "images": _image_structs(row, max_pixels),
         "extra_info": _extra_info(row),
     }
 
 
 def to_reward_row(row: TrainRow, *, image_dir: Path | None = None, stem: str = "row",
                   max_pixels: int | None = None) -> dict[str, Any]:
-    """An ``llmi reward`` input row (without ``response``). Images are written to ``image_dir`` and
-    referred to by a path relative to its parent (the JSONL's folder), or inlined as data URIs."""
+    """An ``llmi reward`` input row (without ``response``). Images are written to ``image_dir`` (named
+    by their format) and referred to by a path relative to its parent (the JSONL's folder), or inlined as
+    data URIs. The other ``extra_info`` fields of an LLM-I row go under ``extra_info``."""
     images = []
     for k, ref in enumerate(row.images):
         data = _png(ref, max_pixels)
         if image_dir is not None:
             image_dir.mkdir(parents=True, exist_ok=True)
-            name = f"{stem}-{k}.png"
+            name = f"{stem}-{k}.{image_kind(data)[0]}"
             (image_dir / name).write_bytes(data)
             images.append(f"{image_dir.name}/{name}")
         else:
-            images.append("data:image/png;base64," + base64.b64encode(data).decode("ascii"))
+            images.append(_data_uri(data))
     prompt: Any = row.prompt[0]["content"] if len(row.prompt) == 1 else [dict(m) for m in row.prompt]
     out = {"prompt": prompt, "image_num": row.image_num, "tools": list(row.tools), "split": row.split,
            "question": row.question, "index": row.index, "images": images}
     if row.data_source:
         out["data_source"] = row.data_source
+    if row.extra:
+        out["extra_info"] = dict(row.extra)
     return out
 
 
@@ -445,8 +516,14 @@ def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike) ->
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for r in records:  # one schema for every row: prompt always a chat, or always a string
-            r["prompt"] = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
+        if not all(isinstance(r["prompt"], str) for r in records):
+            # one schema for every row: a file with any chat prompt holds chats only (the release keeps text
+            # rows, with string prompts, and multimodal rows, with chats, in separate files)
+            if any(isinstance(r["prompt"], str) for r in records):
+                log.info("%s: text and chat prompts in one file; every prompt is written as a chat", path)
+            for r in records:
+                if isinstance(r["prompt"], str):
+                    r["prompt"] = [{"role": "user", "content": r["prompt"]}]
         table = pa.Table.from_pylist(records)
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp)
@@ -464,7 +541,7 @@ def write_records(records: Iterable[dict[str, Any]], path: str | os.PathLike) ->
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
-        return "data:image/png;base64," + base64.b64encode(value).decode("ascii")
+        return _data_uri(bytes(value))
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
