@@ -267,8 +267,10 @@ class Benchmark(ABC):
 
 
 def load_image(ref: ImageRef) -> ImageData:
-    """An input image from a path, bytes, a ``{"bytes"|"path"}`` dict (Hugging Face / parquet rows) or an
-    :class:`ImageData`. Raises :class:`InputError` naming the image."""
+    """An input image from a path, a ``data:`` URI, bytes, a PIL image, a ``{"bytes"|"path"}`` dict (Hugging
+    Face / parquet rows) or an :class:`ImageData`. Raises :class:`InputError` naming the image."""
+    from ..images import load_image as load_user_image
+
     if isinstance(ref, ImageData):
         return ref
     if isinstance(ref, dict):
@@ -277,17 +279,97 @@ def load_image(ref: ImageRef) -> ImageData:
         if ref.get("path"):
             return load_image(Path(ref["path"]))
         raise InputError("an image entry has neither bytes nor a path")
+    if isinstance(ref, memoryview):
+        ref = bytes(ref)
     try:
-        if isinstance(ref, (bytes, bytearray, memoryview)):
-            return ImageData.from_bytes(bytes(ref))
-        if isinstance(ref, (str, os.PathLike)):
-            try:
-                return ImageData.from_file(Path(ref))
-            except OSError as exc:
-                raise InputError(f"cannot read input image {ref}: {exc.strerror or exc}") from None
+        return load_user_image(ref)
     except ToolError as exc:
         raise InputError(f"input image {str(ref)[:120]} is not usable: {exc}") from None
-    raise InputError(f"an input image must be a path or image bytes, not {type(ref).__name__}")
+
+
+def resolve_path(ref: str | os.PathLike, data: Path | None) -> Path:
+    """A path from a data file: absolute, else relative to the data file's folder (then its parent, then
+    the current directory) — the first that exists, else the first candidate."""
+    p = Path(ref).expanduser()
+    if p.is_absolute():
+        return p
+    candidates = []
+    if data is not None:
+        candidates += [data.parent / p, data.parent.parent / p]
+    candidates.append(Path.cwd() / p)
+    for c in candidates:
+        if c.exists():
+            return c
+    return candidates[0]
+
+
+def resolve_image_ref(ref: ImageRef, data: Path | None) -> ImageRef:
+    """An image reference from a data file with a relative path resolved as :func:`resolve_path` does
+    (``data:`` URIs, bytes and ``{"bytes"}`` entries are left as they are)."""
+    if isinstance(ref, str) and not ref.startswith("data:") and ref.strip():
+        return resolve_path(ref, data)
+    if isinstance(ref, dict) and not ref.get("bytes") and isinstance(ref.get("path"), str) and ref["path"]:
+        return {**ref, "path": str(resolve_path(ref["path"], data))}
+    return ref
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading data files
+# ------------------------------------------------------------------------------------------------
+
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def read_text(path: Path) -> str:
+    """A data file's text: UTF-8 (a BOM allowed), or UTF-16/32 when a BOM says so (as Windows tools write).
+    A missing file or bytes that are not text are an :class:`InputError` naming the file and the line."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a data file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    encoding = "utf-8"
+    for bom, enc in _BOMS:
+        if raw.startswith(bom):
+            raw, encoding = raw[len(bom):], enc
+            break
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path} is not {encoding.upper()} text (line {line}: byte 0x{raw[exc.start]:02x}); "
+                         "save it as UTF-8") from None
+
+
+def read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of a JSON Lines file (see :func:`read_text`). A file
+    holding one JSON array (or one pretty-printed object) is read as well. A line that is not JSON is an
+    :class:`InputError` naming it."""
+    import json
+
+    text = read_text(path)
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{") and "\n" in stripped:
+        try:  # one JSON value spread over lines (a list, or a pretty-printed object)
+            whole = json.loads(stripped)
+        except ValueError:
+            whole = None
+        if isinstance(whole, list):
+            return [(n + 1, v) for n, v in enumerate(whole)]
+        if isinstance(whole, dict):
+            return [(1, whole)]
+    out = []
+    for n, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                out.append((n + 1, json.loads(line)))
+            except ValueError as exc:
+                raise InputError(f"{path} line {n + 1} is not JSON: {exc}") from None
+    return out
 
 
 def image_markers(text: str, start: int, placeholder: str = "<image>") -> tuple[str, int]:
