@@ -41,7 +41,20 @@ from typing import Any, Iterable
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import InputError, ToolError
 from ..images import ImageData
-from .base import Benchmark, CallFailed, Item, JudgeCalls, Judged, Output, Verdict, load_image, mean
+from .base import (
+    Benchmark,
+    CallFailed,
+    Item,
+    JudgeCalls,
+    Judged,
+    Output,
+    Verdict,
+    load_image,
+    mean,
+    read_jsonl,
+    read_text,
+    safe_name,
+)
 from .judge import Parts, ScoreParseError, extract_json, first_key, marker_code, number_in
 from .stats import mean_ci, mean_of_means_ci, rounded
 
@@ -198,33 +211,34 @@ class OpenING(Benchmark):
         if self.data is None:
             raise InputError("opening needs --data (OpenING-benchmark/test_data.jsonl), or --outputs to judge a "
                              "gen_outputs/<model>_output folder")
-        rows = []
-        try:
-            with open(self.data, encoding="utf-8-sig") as f:
-                for n, line in enumerate(f):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except ValueError as exc:
-                            raise InputError(f"{self.data} line {n + 1} is not JSON: {exc}") from None
-        except FileNotFoundError:
-            raise InputError(f"{self.data} does not exist") from None
+        rows = [r for _, r in read_jsonl(self.data)]
         return [self.item(r, self.data.parent) for r in rows if isinstance(r, dict) and r.get("total_uid") is not None]
 
-    def item(self, row: dict[str, Any], root: Path | None) -> Item:
+    def item(self, row: dict[str, Any], root: Path | None, *, golden: bool = True) -> Item:
+        """An item from a ``test_data.jsonl`` row. ``golden=False`` for a row of a model's output file, whose
+        ``output`` is the model's answer, not the golden one: the item then states no step count."""
         conv = row.get("conversations") or []
         inputs = conv[0].get("input", []) if conv and isinstance(conv[0], dict) else []
-        golden = conv[1].get("output", []) if len(conv) > 1 and isinstance(conv[1], dict) else []
+        steps = conv[1].get("output", []) if len(conv) > 1 and isinstance(conv[1], dict) else []
+        golden_steps = steps if golden and isinstance(steps, list) else []
         pieces, images = [], []
         for step in inputs:
-            text = clean_step_text(step.get("text", ""))
+            if not isinstance(step, dict):
+                continue
+            raw = str(step.get("text") or "")
             ref = step.get("image")
             if ref:
-                images.append(self.resolve(ref, root))
-                text = f"{text} [image {len(images) - 1}]" if text else f"[image {len(images) - 1}]"
+                images.append(self.resolve(str(ref), root))
+                marker = f"[image {len(images) - 1}]"
+                if "<image>" in raw:  # the image where the step's placeholder puts it (OpenING: at the end)
+                    text = clean_step_text(raw.replace("<image>", marker, 1))
+                else:
+                    text = f"{clean_step_text(raw)} {marker}".strip()
+            else:
+                text = clean_step_text(raw)
             pieces.append(text)
         prompt = "\n".join(p for p in pieces if p)
-        n_steps = len(golden)
+        n_steps = len(golden_steps)
         if n_steps and self.options.get("steps_hint", True):
             prompt += (f"\n\n(Answer in {n_steps} step{'s' if n_steps != 1 else ''}: each step a passage of text "
                        "with one image.)")
@@ -249,6 +263,8 @@ class OpenING(Benchmark):
         k = 0
         img_iter = iter(images)
         for step in inputs:
+            if not isinstance(step, dict):
+                continue
             parts.text(clean_step_text(step.get("text", "")) + "\n")
             if step.get("image"):
                 img = next(img_iter, None)
@@ -350,7 +366,7 @@ class OpenING(Benchmark):
         for k, (text, img) in enumerate(document_steps(document)):
             name = None
             if img is not None:
-                name = f"{item.id}-o-{k}.jpg"
+                name = f"{safe_name(item.id)}-o-{k}.jpg"
                 atomic_write(folder / name, to_jpeg(img))
             steps_out.append({"text": text, "image": name})
         saved = copy.deepcopy(item.raw)
@@ -358,7 +374,7 @@ class OpenING(Benchmark):
         while len(conv) < 2:
             conv.append({"input": []} if not conv else {"output": []})
         conv[1] = {"output": steps_out}
-        write_json(folder / f"{item.id}.json", saved)
+        write_json(folder / f"{safe_name(item.id)}.json", saved)
 
     def finalize(self, run: Any, items: list[Item], rows: dict[str, dict[str, Any]]) -> list[Path]:
         from .store import write_json
@@ -388,30 +404,40 @@ class OpenING(Benchmark):
         by_id = {i.id: i for i in items or []}
         root = self.data.parent if self.data is not None else path.parent.parent
         files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
+        if not files:
+            models = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name.endswith("_output"))
+            if models:
+                raise InputError(f"{path} holds model folders ({', '.join(models[:4])}{' ...' if len(models) > 4 else ''}); "
+                                 "give one of them: --outputs " + str(path / models[0]))
         for f in files:
             uid = f.name.split(".")[0]
             try:
-                row = json.loads(f.read_text(encoding="utf-8-sig"))
-            except (OSError, ValueError) as exc:
+                row = json.loads(read_text(f))
+            except ValueError as exc:
                 raise InputError(f"{f} is not a JSON output file: {exc}") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{f} holds no OpenING output object")
             item = by_id.get(uid)
             if item is None:
                 if items:
                     continue  # --data given: only its items
-                row.setdefault("total_uid", uid)
-                item = self.item(row, root)
+                row = {**row, "total_uid": row.get("total_uid") or uid}
+                item = self.item(row, root, golden=False)  # its "output" is the model's, not the golden one
             conv = row.get("conversations") or []
             steps = conv[1].get("output", []) if len(conv) > 1 and isinstance(conv[1], dict) else []
             blocks: list[Any] = []
-            for step in steps:
+            for step in steps if isinstance(steps, list) else []:
                 text = clean_step_text(step.get("text", "")) if isinstance(step, dict) else ""
                 if text:
                     blocks.append(TextBlock(text + "\n\n"))
                 ref = step.get("image") if isinstance(step, dict) else None
                 if ref:
-                    img_path = path / str(ref).split("/")[-1]
+                    name = str(ref).replace("\\", "/").split("/")[-1]
                     try:
-                        blocks.append(ImageBlock(ImageData.from_file(img_path), "output"))
-                    except (OSError, ToolError):
-                        pass  # OpenING's scripts skip an image they cannot open, too
+                        blocks.append(ImageBlock(ImageData.from_file(path / name), "output"))
+                    except (OSError, ToolError) as exc:
+                        # OpenING's scripts skip an image they cannot open; the step keeps its place, and the
+                        # report says which image was missing
+                        reason = getattr(exc, "strerror", None) or str(exc)
+                        blocks.append(FailureBlock("output", f"{name}: {reason}", "missing_image"))
             yield Output(item=item, document=Document(blocks=blocks), model=model)
