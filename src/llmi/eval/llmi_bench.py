@@ -30,8 +30,22 @@ from typing import Any, Iterable
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import InputError
-from .base import Benchmark, CallFailed, Item, JudgeCalls, Judged, Output, Verdict, gather_calls, image_markers, \
-    load_image, split_at_markers
+from .base import (
+    Benchmark,
+    CallFailed,
+    Item,
+    JudgeCalls,
+    Judged,
+    Output,
+    Verdict,
+    gather_calls,
+    image_markers,
+    load_image,
+    read_text,
+    resolve_image_ref,
+    resolve_path,
+    split_at_markers,
+)
 from .judge import Parts, extract_json, first_key, marker_code, number_in
 from .stats import mean_ci, rounded
 
@@ -41,22 +55,6 @@ SYSTEM = (
     "You are a careful, impartial evaluator of AI-written illustrated reports. You grade one report against "
     "exactly one criterion of a rubric, looking at its text and at its images, and you answer with JSON only."
 )
-
-
-def resolve_path(ref: str, data: Path | None) -> Path:
-    """A path from a data file: absolute, else relative to the data file's folder (then its parent, then
-    the current directory) — the first that exists, else the first candidate."""
-    p = Path(ref).expanduser()
-    if p.is_absolute():
-        return p
-    candidates = []
-    if data is not None:
-        candidates += [data.parent / p, data.parent.parent / p]
-    candidates.append(Path.cwd() / p)
-    for c in candidates:
-        if c.exists():
-            return c
-    return candidates[0]
 
 
 def failure_note(block: FailureBlock) -> str:
@@ -113,10 +111,8 @@ class LLMIBench(Benchmark):
         if self.data is None:
             raise InputError("llmi-bench needs --data (a JSON list of {prompt, r1..r10, images?})")
         try:
-            rows = json.loads(self.data.read_text(encoding="utf-8-sig"))
-        except FileNotFoundError:
-            raise InputError(f"{self.data} does not exist") from None
-        except (OSError, ValueError) as exc:
+            rows = json.loads(read_text(self.data))
+        except ValueError as exc:
             raise InputError(f"{self.data} is not a JSON file: {exc}") from None
         if not isinstance(rows, list):
             raise InputError(f"{self.data} must hold a JSON list of benchmark items")
@@ -131,7 +127,7 @@ class LLMIBench(Benchmark):
         refs = row.get("images") or []
         if isinstance(refs, str):
             refs = [refs]
-        images = [resolve_path(r, self.data) if isinstance(r, str) else r for r in refs]
+        images = [resolve_image_ref(r, self.data) for r in refs]
         prompt, _ = image_markers(row["prompt"], 0)
         category = str(row.get("category") or row.get("type") or ("multimodal" if images else "text-only"))
         return Item(id=str(index), prompt=prompt, images=images, category=category, raw=row,
@@ -240,6 +236,7 @@ class LLMIBench(Benchmark):
         rows = _read_rows(path)
         by_id = {i.id: i for i in items or []}
         by_prompt = {i.raw.get("prompt"): i for i in items or []}
+        found = without_criteria = 0
         for n, row in enumerate(rows):
             if not isinstance(row, dict):
                 continue
@@ -247,22 +244,26 @@ class LLMIBench(Benchmark):
             item = by_id.get(str(rid)) if rid is not None else None
             item = item or by_prompt.get(row.get("prompt"))
             if item is None:
-                if not isinstance(row.get("prompt"), str):
+                if items or not isinstance(row.get("prompt"), str):
                     continue
                 item = self.item(int(rid) if isinstance(rid, int) else n + 1, row)
             response = row.get("response", row.get("answer"))
             if not isinstance(response, str):
                 continue
+            if not self.criteria(item):
+                # the release's evaluation_results.json keeps the scores, not the criteria' text
+                without_criteria += 1
+                continue
+            found += 1
             doc = Document.from_dict(row["document"]) if isinstance(row.get("document"), dict) else None
             yield Output(item=item, document=doc, response=response)  # type: ignore[arg-type]
+        if without_criteria and not found:
+            raise InputError(f"{path} holds answers but not the rubric criteria (r1..r10) to judge them by; give the "
+                             "benchmark file too: --data benchmark/text_only.json (or mm_input.json)")
 
 
 def _read_rows(path: Path) -> list[Any]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    text = text.strip()
+    text = read_text(path).strip()
     if text.startswith("["):
         try:
             return json.loads(text)

@@ -18,15 +18,36 @@ other benchmark's. The LLM-I recipe's judges were Qwen3-235B-A22B-Instruct (text
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..document import Document
 from ..errors import InputError
-from ..reward.judges import JudgeFailure, llm_judge_messages, load_prompt, mllm_judge_messages, parse_llm_scores, \
-    parse_mllm_scores
-from .base import Benchmark, CallFailed, Item, JudgeCalls, Judged, Output, Verdict
+from ..reward.judges import (
+    JudgeFailure,
+    llm_judge_messages,
+    load_prompt,
+    mllm_judge_messages,
+    parse_llm_scores,
+    parse_mllm_scores,
+)
+from .base import (
+    Benchmark,
+    CallFailed,
+    Item,
+    JudgeCalls,
+    Judged,
+    Output,
+    Verdict,
+    image_markers,
+    read_jsonl,
+    resolve_image_ref,
+)
 from .stats import mean_ci, rounded
+
+log = logging.getLogger(__name__)
 
 COMPONENTS = ("s_num", "s_llm", "s_mllm", "r_tool", "text", "image", "quality", "task_rel", "text_image_rel")
 
@@ -44,15 +65,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
             return pq.read_table(path).to_pylist()
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
             raise InputError(f"{path} is not a readable parquet file: {exc}") from None
-    text = path.read_text(encoding="utf-8-sig").strip()
-    try:
-        if text.startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except ValueError as exc:
-        raise InputError(f"{path} is not JSON/JSONL: {exc}") from None
-    return [r for r in rows if isinstance(r, dict)]
+    return [r for _, r in read_jsonl(path) if isinstance(r, dict)]
 
 
 def _question(prompt: Any) -> tuple[str, str | None]:
@@ -133,9 +146,16 @@ class LLMITest(Benchmark):
     def load(self) -> list[Item]:
         if self.data is None:
             raise InputError("llmi-test needs --data (test.parquet, test_mm.parquet, or a JSONL with the same columns)")
-        return [self.item(n, row) for n, row in enumerate(read_table(self.data))]
+        items = [self.item(n, row) for n, row in enumerate(read_table(self.data))]
+        if len({i.id for i in items}) < len(items):
+            # extra_info.index repeats (files concatenated, or an index per source): the row number is the id
+            log.warning("%s: extra_info.index is not unique; items are numbered by row instead", self.data)
+            for n, i in enumerate(items):
+                i.id = str(n)
+        return items
 
-    def item(self, n: int, row: dict[str, Any]) -> Item:
+    def item(self, n: int, row: dict[str, Any], base: Path | None = None) -> Item:
+        """An item from a row; relative image paths are read from ``base``'s folder (default: the data file's)."""
         extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
         question, system = _question(row.get("prompt"))
         question = str(extra.get("question") or question)
@@ -144,8 +164,15 @@ class LLMITest(Benchmark):
         images = row.get("images") or extra.get("images") or []
         if isinstance(images, (str, bytes, dict)):
             images = [images]
+        images = [resolve_image_ref(r, base or self.data) for r in images]  # paths are relative to the data file
+        # verl's rows (and llmi's own) put one <image> where each input image stands
+        question, _ = image_markers(question, 0)
         rid = extra.get("index", row.get("id", n))
-        return Item(id=str(rid), prompt=question, images=list(images),
+        if isinstance(rid, float) and rid.is_integer():
+            rid = int(rid)
+        if rid is None or (isinstance(rid, float) and math.isnan(rid)):  # a null / NaN index
+            rid = n
+        return Item(id=str(rid), prompt=question, images=images,
                     category=str(row.get("data_source") or extra.get("category") or ""),
                     image_num=int(image_num) if isinstance(image_num, (int, float)) else 0,
                     tools=tuple(str(t) for t in tools if isinstance(t, str)),
@@ -213,11 +240,11 @@ class LLMITest(Benchmark):
                 continue
             item = by_id.get(str(row.get("id"))) if row.get("id") is not None else None
             question, _ = _question(row.get("prompt"))
-            item = item or by_prompt.get(question)
+            item = item or by_prompt.get(image_markers(question, 0)[0]) or by_prompt.get(question)
             if item is None:
                 if items:
                     continue
-                item = self.item(n, row)
+                item = self.item(n, row, base=path)
             doc = Document.from_dict(row["document"]) if isinstance(row.get("document"), dict) else None
             yield Output(item=item, document=doc, response=response)  # type: ignore[arg-type]
 
