@@ -40,6 +40,7 @@ _CSS = """
 .ev-grid figure { margin: 0; flex: 1 1 22rem; }
 .ev-grid img { max-width: 100%; height: auto; border: 1px solid var(--llmi-border); border-radius: 6px; }
 table.ev-table { display: table; font-size: 0.92em; }
+table.ev-table th { white-space: nowrap; }
 table.ev-table td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .ev-item { border: 1px solid var(--llmi-border); border-radius: 8px; margin: 0.8rem 0; padding: 0.3rem 0.9rem; }
 .ev-item > summary { cursor: pointer; font-weight: 600; padding: 0.4rem 0; }
@@ -158,25 +159,38 @@ def _img(data: bytes | None, alt: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def thumbnail_document(doc: Any, side: int = THUMB_SIDE) -> Any:
-    """``doc`` with every image shrunk to at most ``side`` pixels, large files re-encoded (pure: a new document)."""
-    from ..document import Document, ImageBlock
+def _thumbnail(image: Any, side: int) -> Any:
+    """``image`` shrunk to at most ``side`` pixels (large files re-encoded as JPEG), or itself."""
     from ..images import ImageData
+
+    if max(image.width, image.height) <= side and len(image.data) <= THUMB_BYTES:
+        return image
+    try:
+        im = image.to_pil()
+        im.thumbnail((side, side))
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=80)
+        return ImageData(data=buf.getvalue(), mime="image/jpeg", width=im.width, height=im.height)
+    except Exception as exc:  # noqa: BLE001 - a thumbnail that fails leaves the image as it is
+        log.debug("thumbnail failed: %s", exc)
+        return image
+
+
+def thumbnail_document(doc: Any, side: int = THUMB_SIDE, *, input_images: Any = None) -> Any:
+    """``doc`` with every image shrunk to at most ``side`` pixels, large files re-encoded (pure: a new document).
+    The user's images are kept (thumbnailed too); ``input_images`` stands in when the document has none (a
+    document read from another tool's output files does not carry the item's input images)."""
+    from ..document import Document, ImageBlock
 
     blocks = []
     for b in doc.blocks:
-        if isinstance(b, ImageBlock) and (max(b.width, b.height) > side or len(b.data) > THUMB_BYTES):
-            try:
-                im = b.image.to_pil()
-                im.thumbnail((side, side))
-                buf = io.BytesIO()
-                im.convert("RGB").save(buf, format="JPEG", quality=80)
-                small = ImageData(data=buf.getvalue(), mime="image/jpeg", width=im.width, height=im.height)
+        if isinstance(b, ImageBlock):
+            small = _thumbnail(b.image, side)
+            if small is not b.image:
                 b = dataclasses.replace(b, image=small, provenance={**b.provenance, "dpi": None})
-            except Exception as exc:  # noqa: BLE001 - a thumbnail that fails leaves the image as it is
-                log.debug("thumbnail failed: %s", exc)
         blocks.append(b)
-    return Document(blocks=blocks, violations=list(doc.violations))
+    inputs = list(getattr(doc, "input_images", None) or input_images or [])
+    return Document(blocks=blocks, violations=list(doc.violations), input_images=[_thumbnail(i, side) for i in inputs])
 
 
 def _kv_table(rows: list[tuple[str, str]]) -> str:
@@ -225,9 +239,14 @@ def _verdicts_html(row: dict[str, Any], k: float = 1.0) -> str:
     lines = [f"<p><strong>score {_num(_scaled(row.get('score'), k))}</strong>"
              + (f" · {row.get('excluded')} excluded" if row.get("excluded") else "") + "</p>"]
     scores = row.get("scores") or {}
-    if scores:
-        lines.append(_kv_table([(k, _num(v)) for k, v in scores.items()]))
     verdicts = row.get("verdicts") or []
+    by_key = {v.get("key"): v.get("score") for v in verdicts}
+    if scores and not all(k in by_key and by_key[k] == v for k, v in scores.items()):  # else the verdicts say it
+        lines.append(_kv_table([(k, _num(v)) for k, v in scores.items()]))
+    if row.get("structure_expected") is not None:  # ISG: why block and image were not judged
+        lines.append(f'<p class="ev-bad">structure differs from the golden answer: expected '
+                     f'<code>{_esc(row.get("structure_expected"))}</code>, got <code>{_esc(row.get("structure_got"))}</code>'
+                     " (block and image not judged, as ISG does)</p>")
     if verdicts:
         body = []
         for v in verdicts:
@@ -256,8 +275,20 @@ def _document_html(run: Any, item: Any, embed: bool) -> str:
     stored = run.load_document(item.id)
     if stored is None:
         return '<p class="ev-meta">no document</p>'
-    doc = thumbnail_document(stored[0])
+    inputs = None
+    if not stored[0].input_images and getattr(item, "images", None):
+        try:
+            inputs = item.input_images(missing_ok=True)
+        except Exception as exc:  # noqa: BLE001 - the report shows what it can
+            log.debug("input images of %s: %s", item.id, exc)
+    doc = thumbnail_document(stored[0], input_images=inputs)
     return render_html_fragment(doc, prompt=item.prompt)
+
+
+def _battles_text(battles: Any) -> str:
+    if isinstance(battles, dict):
+        return ", ".join(f"{v} {k}" for k, v in battles.items())
+    return str(battles)
 
 
 def _page(title: str, body: str) -> str:
@@ -356,8 +387,10 @@ def write_report(run: Any, bench: Any, items: list[Any], rows: dict[str, dict[st
                           f'<td class="num">{status}</td><td class="num">{_num(row.get("excluded", 0))}</td></tr>')
         doc_html = _document_html(run, item, n < MAX_DOCUMENTS)
         item_html.append(
-            f'<details class="ev-item" id="item-{n}"><summary>{_esc(item.id)} · {_esc(item.category)} · score {status}</summary>'
-            f'<div class="ev-item-body"><div class="ev-doc">{doc_html}</div>'
+            # the id sits inside the <details>, so following the table's link opens the item (browsers reveal
+            # a closed <details> that holds the link's target)
+            f'<details class="ev-item"><summary>{_esc(item.id)} · {_esc(item.category)} · score {status}</summary>'
+            f'<div class="ev-item-body" id="item-{n}"><div class="ev-doc">{doc_html}</div>'
             f'<div class="ev-scores">{_verdicts_html(row, k)}</div></div></details>'
         )
     body = "\n".join([
@@ -398,7 +431,7 @@ def write_compare_report(out: Any, bench: Any, items: list[Any], rows_a: dict, r
         pw_html = ('<h2>Pairwise (both orders)</h2><table class="ev-table"><tr><th>win rate</th><th>A</th><th>B</th></tr>'
                    + "".join(f'<tr><td>{_esc(k)}</td><td class="num">{_num(v.get("A"))}</td><td class="num">{_num(v.get("B"))}</td></tr>'
                              for k, v in rates.items()) + "</table>"
-                   + _kv_table([("battles", _esc(pw["battles"])), ("position consistency", _num(pw.get("consistency"))),
+                   + _kv_table([("battles", _esc(_battles_text(pw["battles"]))), ("position consistency", _num(pw.get("consistency"))),
                                 ("pairs with a failed verdict", _num(pw.get("pairs_with_a_failed_verdict")))]))
     sa = a.get("scores", {}).get("by_category") or {}
     sb = b.get("scores", {}).get("by_category") or {}
