@@ -908,3 +908,24 @@ def test_finished_runs_leave_memory_by_size_and_stored_images_are_not_decoded(ll
         run = _finished_run(srv, {}, images=[big])
         time.sleep(0.2)
         assert srv.services.manager.find(run["id"]) is not None  # within the default budget: kept
+
+
+def test_a_deleted_run_stays_deleted(llm, tmp_path):
+    """Finding (medium): deleting a run in progress cancelled it and removed its files, but the save that
+    follows every run's end then wrote them back — the index row, the document, the user's images (9 of
+    10 runs deleted this way came back in the list)."""
+    png = _b64png(200, 200)
+    with _server(llm, tmp_path) as srv:
+        ids = []
+        for _ in range(4):
+            r = httpx.post(srv.base_url + "/api/runs", json={"prompt": "slow", "images": [png, png],
+                                                             "options": {"background": True}})
+            ids.append(r.json()["id"])
+        time.sleep(0.15)
+        for rid in ids:
+            assert httpx.delete(srv.base_url + f"/api/runs/{rid}").status_code == 204
+        time.sleep(0.5)  # any save still under way would have written by now
+        assert [x["id"] for x in httpx.get(srv.base_url + "/api/runs").json()["runs"]] == []
+        for rid in ids:
+            assert srv.services.store.get(rid) is None and not (tmp_path / "runs" / rid).exists()
+            assert httpx.get(srv.base_url + f"/api/runs/{rid}").status_code == 404

@@ -118,6 +118,8 @@ class Run:
         self.ended = asyncio.Event()
         self.has_output = asyncio.Event()
         self.saved = False  # its files are written (or writing them failed): it may leave memory
+        self.save_task: asyncio.Task | None = None
+        self.deleted = False
         self.nbytes = 0  # image bytes it holds once finished (inputs and slots)
 
     @property
@@ -342,7 +344,7 @@ class RunManager:
             if run.document is None and partial is not None:
                 run.document = partial
             self._end(run, status)
-            save = asyncio.ensure_future(self._save(run))
+            save = run.save_task = asyncio.ensure_future(self._save(run))
             self._pending_saves.add(save)
             save.add_done_callback(self._pending_saves.discard)
 
@@ -381,6 +383,9 @@ class RunManager:
                 del self._recent[run_id]
 
     async def _save(self, run: Run) -> None:
+        if run.deleted:
+            run.saved = True
+            return
         try:
             if run.input_images:
                 await asyncio.to_thread(self.store.save_inputs, run.id, run.input_images)
@@ -459,6 +464,16 @@ class RunManager:
 
     def forget(self, run_id: str) -> None:
         self._recent.pop(run_id, None)
+
+    async def settle_for_delete(self, run: Run) -> None:
+        """Before a run's files are removed: stop it, and let a save under way finish (a save that ran
+        after the delete would write the run back — its index row and its files)."""
+        run.deleted = True
+        if not run.finished:
+            self.cancel(run, "deleted by the client")
+        await run.ended.wait()
+        if run.save_task is not None:
+            await asyncio.gather(asyncio.shield(run.save_task), return_exceptions=True)
 
     async def shutdown(self) -> None:
         for run in list(self.live.values()):

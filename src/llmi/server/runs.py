@@ -382,9 +382,8 @@ async def cancel_run(run_id: str, request: Request, who: Principal = Depends(pri
 async def delete_run(run_id: str, request: Request, who: Principal = Depends(principal)) -> Response:
     svc = services(request)
     rec = _owned(svc, run_id, who)
-    if isinstance(rec, Run) and not rec.finished:
-        svc.manager.cancel(rec, "deleted by the client")
-        await rec.ended.wait()
+    if isinstance(rec, Run):
+        await svc.manager.settle_for_delete(rec)
     svc.manager.forget(run_id)
     await asyncio.to_thread(svc.store.delete, run_id)
     return Response(status_code=204)
