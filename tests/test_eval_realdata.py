@@ -341,3 +341,28 @@ def test_report_item_link_target_sits_inside_its_details(tmp_path):
     assert re.search(r'<details class="ev-item"><summary>[^<]*</summary><div class="ev-item-body" id="item-0">', page)
     item_part = page.split('id="item-0"', 1)[1]
     assert item_part.count(">r1<") == 1  # the verdict row only, not a second table repeating the same score
+
+
+def test_compare_report_item_scores_on_the_headline_scale(tmp_path):
+    """Found comparing two LLMI-Bench runs: the headline said 5.67 vs 5.99 (0-10) and each item 0.500 vs 0.600."""
+    from types import SimpleNamespace
+
+    from llmi.eval.report import write_compare_report
+
+    data = tmp_path / "text_only.json"
+    data.write_text(json.dumps([{"prompt": "Tea", "r1": "names a tea"}]))
+    bench = LLMIBench(data)
+    items = bench.load()
+    runs = [RunFolder(tmp_path / n) for n in ("a", "b")]
+    for r in runs:
+        r.save_document("1", Document(blocks=[TextBlock("Green tea.")]))
+    ra = {"1": {"score": 0.5, "verdicts": [{"key": "r1", "score": 1.0, "justification": "half"}]}}
+    rb = {"1": {"score": 1.0, "verdicts": [{"key": "r1", "score": 2.0, "justification": "full"}]}}
+    summary = {"title": "LLMI-Bench", "a": {"label": "a", "score": {"mean": 5.0, "n": 1}},
+               "b": {"label": "b", "score": {"mean": 10.0, "n": 1}}, "difference": {"mean": -5.0, "n": 1},
+               "a_better_items": 0, "b_better_items": 1, "equal_items": 0}
+    out = SimpleNamespace(root=tmp_path / "cmp")
+    out.root.mkdir()
+    page = write_compare_report(out, bench, items, ra, rb, {}, summary, runs[0], runs[1]).read_text()
+    assert "<summary>1 · A 5.000 · B 10.000</summary>" in page
+    assert "<strong>score 5.000</strong>" in page and "<strong>score 10.000</strong>" in page

@@ -417,6 +417,7 @@ def write_compare_report(out: Any, bench: Any, items: list[Any], rows_a: dict, r
                          summary: dict[str, Any], run_a: Any, run_b: Any) -> Path:
     """``report.html`` of a comparison: both runs side by side, the pairwise verdicts, each item's two documents."""
     a, b = summary["a"], summary["b"]
+    k = float(getattr(bench, "item_scale", 1.0) or 1.0)
     top = _kv_table([
         (f"A: {a['label']}", _esc(fmt_ci(a["score"]))),
         (f"B: {b['label']}", _esc(fmt_ci(b["score"]))),
@@ -452,10 +453,12 @@ def write_compare_report(out: Any, bench: Any, items: list[Any], rows_a: dict, r
                        f"{_esc(pr.get('ba_reason') or pr.get('ba_error'))}</p>")
         embed = n < MAX_DOCUMENTS // 2
         items_html.append(
-            f'<details class="ev-item"><summary>{_esc(item.id)} · A {_num(ra.get("score"))} · B {_num(rb.get("score"))}'
+            # item scores on the headline's scale, as in a run's report (LLMI-Bench: 0-10, not 0-1)
+            f'<details class="ev-item"><summary>{_esc(item.id)} · A {_num(_scaled(ra.get("score"), k))} · '
+            f'B {_num(_scaled(rb.get("score"), k))}'
             f'{" · " + _esc(pr.get("ab")) + "/" + _esc(pr.get("ba")) if pr else ""}</summary>{verdict}'
-            f'<div class="ev-pair"><div><h4>A</h4>{_document_html(run_a, item, embed)}{_verdicts_html(ra)}</div>'
-            f'<div><h4>B</h4>{_document_html(run_b, item, embed)}{_verdicts_html(rb)}</div></div></details>'
+            f'<div class="ev-pair"><div><h4>A</h4>{_document_html(run_a, item, embed)}{_verdicts_html(ra, k)}</div>'
+            f'<div><h4>B</h4>{_document_html(run_b, item, embed)}{_verdicts_html(rb, k)}</div></div></details>'
         )
     body = "\n".join([f"<h1>{_esc(summary.get('title'))}: A vs B</h1>", top, pw_html, cat_html, "<h2>Items</h2>",
                       "\n".join(items_html)])
