@@ -929,3 +929,24 @@ def test_a_deleted_run_stays_deleted(llm, tmp_path):
         for rid in ids:
             assert srv.services.store.get(rid) is None and not (tmp_path / "runs" / rid).exists()
             assert httpx.get(srv.base_url + f"/api/runs/{rid}").status_code == 404
+
+
+def test_the_llm_key_never_reaches_clients_or_files(tmp_path):
+    """Checked, held: an upstream LLM that echoes the server's own LLM key in its error gets it masked
+    before the message reaches a chat client, the event stream or the stored run."""
+    from llmi.config import Settings
+
+    secret = "sk-proj-UPSTREAMSECRET0123456789abcdef"
+    body = {"error": {"message": f"Incorrect API key provided: {secret}. Bearer {secret}", "type": "x",
+                      "code": "invalid_api_key"}}
+    with SSEServer(Script(status=401, error_body=body)) as llm:
+        base = settings_for(llm.base_url).model_dump()
+        settings = Settings.model_validate({**base, "llm": {**base["llm"], "api_key": secret}})
+        with LiveServer(create_app(settings, keys=KeyRing(), data_dir=tmp_path)) as srv:
+            r = httpx.post(srv.base_url + "/v1/chat/completions", timeout=30,
+                           json={"model": "llmi", "messages": [{"role": "user", "content": "hi"}]})
+            err = _is_error(r, 502)
+            assert "refused the API key" in err["message"] and secret not in r.text
+            r = httpx.post(srv.base_url + "/api/runs", json={"prompt": "hi", "stream": True}, timeout=30)
+            assert '"type": "error"' in r.text and secret not in r.text
+    assert not any(secret.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
