@@ -3,14 +3,21 @@ fake (registered) tool backends: the local library, the Pillow editor, a fake di
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
+from llmi.errors import ToolError
 from llmi.images import ImageData
+from llmi.tools import registry
+from llmi.tools.base import Backend, ToolRequest, ToolResult
 from llmi.tts import tts
 from llmi.tts.enhance import caption_match, extract_code, parse_grade, parse_lines
 from llmi.tts.polish import apply, marked_text, verify
 from tests import fakes
+from tests.fakes import png_for
 from tests.helpers import make_png
 from tests.sse_server import SSEServer
 from tests.tts_fakes import LIBRARY, between, image_colors, policy_script, settings_for, tag, user_text
@@ -343,3 +350,85 @@ async def test_polish_by_the_image_judge_sees_the_images_and_is_on_the_bill(judg
     assert (c.llm_calls, c.tokens_in, c.tokens_out) == (1, 12, 6)  # the judge fake's reported usage
     assert mj.requests[0]["max_tokens"] == 2048  # the writing cap ([llm] max_tokens), not the grading cap
     json.dumps([e.to_dict() for e in events if e.type == "stage"])  # stage events are JSON (server-sent events)
+
+
+# ------------------------------------------------------------------------------------------------
+# Asked ahead: the enhancement's model calls start while the winner's tools first run
+# ------------------------------------------------------------------------------------------------
+
+
+class PickyChart(Backend):
+    """A chart tool taking 0.3 s that fails on code calling ``shapes_differ`` (with a ValueError)."""
+
+    tool, name = "code", "picky"
+    ends: list = []
+
+    async def run(self, request: ToolRequest) -> ToolResult:
+        await asyncio.sleep(0.3)
+        PickyChart.ends.append((time.monotonic(), request.params["code"]))
+        if "shapes_differ" in request.params["code"]:
+            raise ToolError("ValueError: x and y must have the same first dimension (line 1: shapes_differ(data))",
+                            kind="code_error")
+        return ToolResult(png_for(request.params["code"]), {"model": "picky"})
+
+
+@pytest.fixture
+def picky():
+    registry.register(PickyChart)
+    PickyChart.ends = []
+    yield
+    registry.unregister("code", "picky")
+
+
+def _timed(answer: str, log: list):
+    def helper(body: dict) -> str:
+        log.append((time.monotonic(), user_text(body)))
+        return answer
+
+    return helper
+
+
+FAKE_TOOLS = {"search": {"backends": ["fake"]}, "code": {"backends": ["picky"]}, "diffusion": {"backends": []},
+              "edit": {"backends": []}}
+
+
+async def test_rewrites_and_a_foreseen_fix_are_asked_while_the_tools_run_and_an_unneeded_fix_is_billed(picky):
+    """The search's rewrites are asked at once; the chart reads a name nothing defines, so its fix is
+    asked at once too — but this sandbox draws it anyway: the early fix is not used, and is on the bill."""
+    cand = ("Sales.\n" + tag("code", "Sales", code="plt.bar(['a'], data)") + "\nThe coast.\n"
+            + tag("search", LIGHTHOUSE, query="coast") + "\nEnd.")
+    fixes, rewrites = [], []
+    helpers = {"fix": _timed("```python\nplt.bar(['a'], [1])\n```", fixes),
+               "rewrite": _timed("lighthouse rocky coast", rewrites)}
+    with SSEServer(policy_script({0: cand}, helpers)) as policy:
+        settings = settings_for(policy.base_url, tools=FAKE_TOOLS, backends={"search": {"fake": {"delay": 0.3}}})
+        result = await tts("Sales and coast", n=1, settings=settings, stages="sample,enhance")
+    chart_done = PickyChart.ends[0][0]
+    search_done = fakes.RECORD.ends["coast"]
+    assert fixes[0][0] < chart_done and rewrites[0][0] < search_done  # asked before the tools returned
+    assert "NameError: name 'data' is not defined" in fixes[0][1]
+    work = {w["slot"]: w for w in result.stage("enhance").detail["work"]}
+    assert work[0]["fix_asked_ahead"] == "not used: the chart rendered" and work[0]["action"] == "kept"
+    assert len(PickyChart.ends) == 1 and len(fixes) == 1  # the chart ran once; the fix was asked once
+    assert result.document.slots[0].image == png_for("plt.bar(['a'], data)")
+    assert [q for _, _, p in fakes.RECORD.calls for q in [p.get("query")] if q] == ["coast", "lighthouse rocky coast"]
+    # both early calls are enhance's (calls and tokens), and the slots' own; none is execute's
+    assert result.costs["enhance"].llm_calls == 2 and result.costs["execute"].llm_calls == 0
+    assert work[0]["cost"]["llm_calls"] == 1 and work[1]["cost"]["llm_calls"] == 1
+    assert result.stage("enhance").detail["asked_ahead"] == [{"slot": 0, "tool": "code", "ask": "chart fix"},
+                                                             {"slot": 1, "tool": "search", "ask": "query rewrites"}]
+
+
+async def test_a_chart_that_fails_otherwise_than_foreseen_is_fixed_from_its_real_error(picky):
+    cand = "Sales.\n" + tag("code", "Sales", code="shapes_differ(data)") + "\nEnd."
+    fixes: list = []
+    helpers = {"fix": _timed("```python\nplt.plot([1, 2])\n```", fixes)}
+    with SSEServer(policy_script({0: cand}, helpers)) as policy:
+        settings = settings_for(policy.base_url, tools=FAKE_TOOLS)
+        result = await tts("Sales", n=1, settings=settings, stages="sample,enhance")
+    work = result.stage("enhance").detail["work"][0]
+    assert work["fix_asked_ahead"] == "not used: the chart failed otherwise than foreseen"
+    assert len(fixes) == 2 and "NameError: name 'shapes_differ'" in fixes[0][1] and "ValueError" in fixes[1][1]
+    assert work["action"] == "replaced" and work["attempts"] == [{"ok": True}]
+    assert result.document.slots[0].params["code"] == "plt.plot([1, 2])"
+    assert result.costs["enhance"].llm_calls == 2  # the unused early fix is paid for too

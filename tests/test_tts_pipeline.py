@@ -99,7 +99,10 @@ async def test_sample_check_select_enhance_polish(judge_server):
     assert isinstance(first.slots[1], ImageBlock) and "bicycle" in first.slots[1].provenance["path"]
     # enhance: the fix loop repaired the chart; the rewritten query's lighthouse replaced the bicycle
     enh = {w["slot"]: w for w in result.stage("enhance").detail["work"]}
-    assert enh[0]["action"] == "replaced" and enh[0]["attempts"] == [{"ok": True}]
+    # (the NameError was foreseen from the code, so the fix was asked for while the chart first ran)
+    assert enh[0]["action"] == "replaced" and enh[0]["attempts"] == [{"ok": True, "asked_ahead": True}]
+    assert result.stage("enhance").detail["asked_ahead"] == [{"slot": 0, "tool": "code", "ask": "chart fix"},
+                                                             {"slot": 1, "tool": "search", "ask": "query rewrites"}]
     assert enh[1]["action"] == "replaced" and enh[1]["scored_by"] == "caption match"
     after = result.snapshots["enhance"]
     assert isinstance(after.slots[0], ImageBlock) and after.slots[0].params["code"] == GOOD_CODE
@@ -397,3 +400,41 @@ async def test_the_policy_as_judge_grades_with_the_grading_cap():
         result = await tts("p", n=2, settings=settings, stages="sample,check,select")
     caps = {("seed" in r): r["max_tokens"] for r in policy.requests}
     assert caps == {True: 2048, False: 300} and result.winner == 1
+
+
+async def test_candidates_are_judged_as_soon_as_they_are_written(judge_server):
+    """The default selector judges each candidate when it finishes: the two quick ones are judged while
+    the slow one is still being written; the judge calls are on select's bill, not sample's."""
+    cands = {0: "OK-ANSWER quick.", 1: "BEST-ANSWER quick.", 2: "OK-ANSWER slow.",
+             3: "broken " + '<imgen>{"source": "search"}</imgen>'}  # dropped by the check: never judged
+    judged_at: dict[str, float] = {}
+    finished_at: dict[int, float] = {}
+
+    def reply(body, n):
+        answer = between(user_text(body), "ANSWER")
+        judged_at[answer.split()[1]] = time.perf_counter()
+        return judge_reply()(body, n)
+
+    def on_event(ev):
+        if isinstance(ev, Stage) and ev.name == "sample" and ev.status == "finished" and "candidate" in ev.detail:
+            finished_at[ev.detail["candidate"]] = time.perf_counter()
+
+    with SSEServer(policy_script(cands, first_token_s={2: 1.0})) as policy, judge_server(reply) as (jurl, judge):
+        settings = settings_for(policy.base_url, judge_url=jurl)
+        result = await tts("p", n=4, settings=settings, stages="sample,check,select", on_event=on_event)
+    assert result.winner == 1 and len(judge.requests) == 3
+    assert judged_at["quick."] < finished_at[2] <= judged_at["slow."]  # the quick ones did not wait for it
+    assert result.costs["sample"].llm_calls == 4 and result.costs["select"].llm_calls == 3
+    assert result.costs["select"].seconds < 0.9  # selection took the last judge call, not all of sampling
+
+
+async def test_nothing_is_judged_early_when_the_budget_could_not_judge_every_candidate(judge_server):
+    cands = {0: "OK-ANSWER a.", 1: "BEST-ANSWER b.", 2: "OK-ANSWER c."}
+    with SSEServer(policy_script(cands, first_token_s={2: 0.5})) as policy, \
+            judge_server(lambda b, n: judge_reply()(b, n)) as (jurl, judge):
+        settings = settings_for(policy.base_url, judge_url=jurl)
+        result = await tts("p", n=3, budget="calls=4", settings=settings, stages="sample,check,select")
+    # one judge call was left after the three samples: selection spent it on the first candidate in
+    # the check's order, not on whichever finished first
+    assert len(judge.requests) == 1 and "OK-ANSWER a." in user_text(judge.requests[0])
+    assert result.cut == ["select"] and result.winner == 0

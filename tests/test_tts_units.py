@@ -12,7 +12,7 @@ from llmi.reward.judges import ScoreParseError
 from llmi.tts.budget import Budget, BudgetExhausted, Meter
 from llmi.tts.check import Constraints, check_response, screen
 from llmi.tts.config import TTSSettings, normalise_stages
-from llmi.tts.cost import Cost, charge_call, charge_tool, charging, estimate_tokens
+from llmi.tts.cost import Cost, charge_call, charge_tool, charging, charging_only, estimate_tokens
 from llmi.tts.sample import schedule
 from llmi.tts.select import (
     Match,
@@ -352,3 +352,49 @@ def test_settings_validate_stages_and_reject_unknown_keys():
         TTSSettings(temperatures=[3.0])
     s = TTSSettings.model_validate({"enhance": {"code": {"max_fixes": 3}}, "stages": ["sample", "select"]})
     assert s.enhance.code.max_fixes == 3 and s.stages == ["sample", "select"]
+
+
+# -- chart code sure to fail (asked to be fixed while it first runs) -------------------------------------
+
+
+def test_predict_failure_finds_only_what_surely_fails():
+    from llmi.tts.codecheck import predict_failure, same_failure
+
+    assert predict_failure("plt.bar(months, sales)") == (
+        "NameError: name 'months' is not defined (line 1: plt.bar(months, sales))")
+    assert predict_failure("x = [1, 2\nplt.plot(x)").startswith("SyntaxError: ")
+    ok = [
+        "months = ['a', 'b']\nplt.bar(months, [1, 2])",                  # bound
+        "import math\nplt.plot([math.pi])\nnp.zeros(2); pd.DataFrame(); sns.set_theme()",  # imported, provided
+        "plt.plot([len(range(3)), max(1, 2)])",                           # builtins
+        "plt.plot([v for v in range(3)])",                                # comprehension variable
+        "for i in range(2):\n    plt.plot([i])",                          # loop target
+        "def f():\n    return undefined\nplt.plot([1])",                  # inside a function: may never run
+        "try:\n    plt.plot(maybe)\nexcept NameError:\n    plt.plot([1])",  # inside try
+        "if False:\n    plt.plot(never)\nplt.plot([1])",                  # inside if
+        "from pylab import *\nplt.plot(linspace(0, 1))",                  # star import: unknowable
+        "exec('y = 1')\nplt.plot([y])",                                   # exec: unknowable
+        "globals()['z'] = 1\nplt.plot([z])",
+        "plt.plot([later])\nlater = 1",                                   # bound somewhere: not judged
+        "with open('x') as fh:\n    plt.plot([fh])",
+        "match 1:\n    case [*rest]:\n        plt.plot(rest)",
+    ]
+    for code in ok:
+        assert predict_failure(code) is None, code
+    assert predict_failure("a = 1\nplt.plot([a, b, c])") == "NameError: name 'b' is not defined (line 2: plt.plot([a, b, c]))"
+    assert same_failure("NameError: name 'b' is not defined (line 2: x)", "NameError: name 'b' is not defined (line 2: x)")
+    assert not same_failure("NameError: name 'b' is not defined (line 2: x)", "TypeError: bad (line 1: y)")
+    assert not same_failure("", "anything")
+
+
+def test_charging_only_replaces_the_chain_and_absorb_adds_all_but_time():
+    outer, ahead = Cost(), Cost()
+    with charging(outer), charging_only(ahead):
+        charge_call({"prompt_tokens": 3, "completion_tokens": 4})
+        charge_tool("search")
+    assert (ahead.llm_calls, ahead.tokens, dict(ahead.tool_calls)) == (1, 7, {"search": 1})
+    assert outer.llm_calls == 0 and outer.n_tool_calls == 0
+    stage = Cost(seconds=2.0)
+    ahead.seconds = 9.0
+    stage.absorb(ahead)
+    assert (stage.llm_calls, stage.tokens_in, stage.tokens_out, stage.seconds) == (1, 3, 4, 2.0)

@@ -68,6 +68,15 @@ class Cost:
     def add_tool(self, source: str, n: int = 1) -> None:
         self.tool_calls[source] += n
 
+    def absorb(self, other: Cost) -> None:
+        """Add ``other``'s calls, tokens and tool calls — not its seconds — to this cost (work done ahead
+        for this stage, while an earlier one ran: its wall time was not this stage's)."""
+        self.llm_calls += other.llm_calls
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.tool_calls.update(other.tool_calls)
+        self.estimated_calls += other.estimated_calls
+
     def __add__(self, other: Cost) -> Cost:
         return Cost(
             llm_calls=self.llm_calls + other.llm_calls,
@@ -133,6 +142,18 @@ def charging(*costs: Cost) -> Iterator[None]:
     already being charged — a candidate's cost and its stage's cost, for instance."""
     now = _CURRENT.get()
     token = _CURRENT.set(now + tuple(c for c in costs if all(c is not x for x in now)))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def charging_only(*costs: Cost) -> Iterator[None]:
+    """Charge what happens inside (and in tasks created inside) to ``costs`` alone — for work started
+    under one stage on behalf of a later one (a candidate judged while others are still being written,
+    an enhancement's model call made while the winner's tools run)."""
+    token = _CURRENT.set(tuple(costs))
     try:
         yield
     finally:

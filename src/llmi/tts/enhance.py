@@ -44,7 +44,7 @@ from ..tools.search.candidates import overlap, tokens
 from .budget import BudgetExhausted
 from .calls import Chat, ChatFailure, gather_settled
 from .config import EnhanceSettings
-from .cost import Cost, charging
+from .cost import Cost, charging, charging_only
 from .execute import Runner, call_of
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,16 @@ def extract_code(reply: str) -> str:
     return code
 
 
+def _drop(task: asyncio.Task) -> None:
+    """Cancel a call asked ahead that is not used; an error it ended with is read (and so not logged as
+    never retrieved)."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
+
+
 def _noted(block: ImageBlock | FailureBlock, work: SlotWork) -> ImageBlock | FailureBlock:
     """The replacement with a ``tts`` note in its provenance: what enhancement did to this slot (so the
     document itself says which images test-time scaling changed)."""
@@ -172,8 +182,83 @@ class Enhancer:
         self.max_tokens = helper_max_tokens
         self.on_slot = on_slot
         self._lock = asyncio.Lock()
+        #: Model calls asked ahead (:meth:`prefetch`): ``(kind, slot) -> (prompt, task)``.
+        self._ahead: dict[tuple[str, int], tuple[str, asyncio.Task]] = {}
+        #: Per slot, the cost of what was asked ahead for it (it becomes the slot's cost).
+        self._ahead_cost: dict[int, Cost] = {}
+        #: Everything asked ahead, for the stage's bill (no seconds: it ran under the execute stage).
+        self.prefetch_cost = Cost()
 
+    # -- asking ahead ----------------------------------------------------------------------------------
+    def prefetch(self, calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+        """Start, while the winner's tools first run, the model calls this stage will make whatever they
+        return: the query rewrites of each search, the richer prompts of each diffusion (with an image
+        judge), and the fix of each chart whose code is sure to fail (:mod:`.codecheck`). Each is
+        charged to this stage and to its slot. Returns what was started (for the trace)."""
+        from ..tools.code.backend import clean_code
+        from .codecheck import predict_failure
+
+        started: list[dict[str, Any]] = []
+        for tc in calls:
+            sub = getattr(self.cfg, tc.source, None)
+            if sub is None or not sub.enabled:
+                continue
+            if tc.source == "search" and self.cfg.search.rewrites:
+                user = self._rewrite_prompt(tc)
+                self._start("rewrite", tc.index, user,
+                            self._ask_lines("tts_query_rewrite", user, self.cfg.search.rewrites,
+                                            [str(tc.params.get("query", ""))]))
+            elif tc.source == "diffusion" and self.judge is not None:
+                user = self._enrich_prompt(tc)
+                self._start("enrich", tc.index, user,
+                            self._ask_lines("tts_prompt_enrich", user, self.cfg.diffusion.k,
+                                            [str(tc.params.get("prompt", ""))]))
+            elif tc.source == "code" and self.cfg.code.max_fixes:
+                code = clean_code(str(tc.params.get("code", "")))
+                predicted = predict_failure(code)
+                if predicted is None:
+                    continue
+                msgs = self._fix_messages(tc, str(tc.params.get("code", "")), predicted)
+                self._start("fix", tc.index, predicted,
+                            self.policy.ask(msgs, extract_code, max_tokens=max(self.max_tokens, 2048)))
+            else:
+                continue
+            started.append({"slot": tc.index, "tool": tc.source,
+                            "ask": {"search": "query rewrites", "diffusion": "richer prompts",
+                                    "code": "chart fix"}[tc.source]})
+        return started
+
+    def _start(self, kind: str, slot: int, prompt: str, coro: Any) -> None:
+        cost = self._ahead_cost.setdefault(slot, Cost())
+        with charging_only(self.prefetch_cost, cost):
+            task = asyncio.ensure_future(coro)
+        self._ahead[(kind, slot)] = (prompt, task)
+
+    def _take(self, kind: str, slot: int, prompt: str | None = None) -> asyncio.Task | None:
+        """The call asked ahead for ``slot`` — when it was asked with ``prompt`` (any, with ``None``);
+        one asked otherwise is cancelled."""
+        entry = self._ahead.pop((kind, slot), None)
+        if entry is None:
+            return None
+        if prompt is not None and entry[0] != prompt:
+            _drop(entry[1])
+            return None
+        return entry[1]
+
+    def discard(self) -> None:
+        """Cancel whatever was asked ahead and not used (its calls, once sent, stay on the bill)."""
+        for _, task in self._ahead.values():
+            _drop(task)
+        self._ahead.clear()
+
+    # -- the stage ----------------------------------------------------------------------------------
     async def run(self, state: EnhanceState) -> dict[str, Any]:
+        try:
+            return await self._run(state)
+        finally:
+            self.discard()
+
+    async def _run(self, state: EnhanceState) -> dict[str, Any]:
         slots = list(enumerate(state.document.slots))
         first = [(k, b) for k, b in slots if self._tool(b) in ("search", "diffusion", "code")]
         edits = [k for k, b in slots if self._tool(b) == "edit"]
@@ -203,7 +288,7 @@ class Enhancer:
             return
         tool = call["source"]
         sub = getattr(self.cfg, tool)
-        work = SlotWork(k, tool)
+        work = SlotWork(k, tool, cost=self._ahead_cost.pop(k, None) or Cost())
         if not sub.enabled:
             work.action, work.detail = "skipped", {"why": f"[tts.enhance.{tool}] enabled = false"}
             state.work.append(work)
@@ -231,6 +316,20 @@ class Enhancer:
             self.on_slot(work, "finished")
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _rewrite_prompt(self, tc: ToolCall) -> str:
+        return (f"Description of the picture: {tc.description}\nQuery used: {tc.params.get('query', '')}\n"
+                f"Write {self.cfg.search.rewrites} better queries.")
+
+    def _enrich_prompt(self, tc: ToolCall) -> str:
+        return (f"Description of the picture: {tc.description}\nPrompt used: {tc.params.get('prompt', '')}\n"
+                f"Write {self.cfg.diffusion.k} richer prompts.")
+
+    @staticmethod
+    def _fix_messages(tc: ToolCall, code: str, error: str) -> list[dict[str, Any]]:
+        user = (f"Description of the chart: {tc.description}\n\nThe code:\n```python\n{code}\n```\n\n"
+                f"The error:\n{error}")
+        return [{"role": "system", "content": load_prompt("tts_chart_fix")}, {"role": "user", "content": user}]
+
     async def _ask_lines(self, system: str, user: str, limit: int, exclude: Sequence[str]) -> list[str]:
         msgs = [{"role": "system", "content": load_prompt(system)}, {"role": "user", "content": user}]
         return await self.policy.ask(msgs, lambda r: parse_lines(r, limit=limit, exclude=exclude),
@@ -252,12 +351,11 @@ class Enhancer:
         query = str(tc.params.get("query", ""))
         alts: list[str] = []
         if cfg.rewrites:
+            user = self._rewrite_prompt(tc)
+            ahead = self._take("rewrite", tc.index, user)
             try:
-                alts = await self._ask_lines(
-                    "tts_query_rewrite",
-                    f"Description of the picture: {tc.description}\nQuery used: {query}\n"
-                    f"Write {cfg.rewrites} better queries.",
-                    cfg.rewrites, [query])
+                alts = await (ahead if ahead is not None else
+                              self._ask_lines("tts_query_rewrite", user, cfg.rewrites, [query]))
             except ChatFailure as exc:
                 work.detail["rewrite_error"] = exc.reason
         work.detail["queries"] = alts
@@ -308,11 +406,10 @@ class Enhancer:
             return
         k = self.cfg.diffusion.k
         prompt = str(tc.params.get("prompt", ""))
+        user = self._enrich_prompt(tc)
+        ahead = self._take("enrich", tc.index, user)
         try:
-            prompts = await self._ask_lines(
-                "tts_prompt_enrich",
-                f"Description of the picture: {tc.description}\nPrompt used: {prompt}\nWrite {k} richer prompts.",
-                k, [prompt])
+            prompts = await (ahead if ahead is not None else self._ask_lines("tts_prompt_enrich", user, k, [prompt]))
         except ChatFailure as exc:
             work.detail["why"] = f"no richer prompt: {exc.reason}"
             return
@@ -352,31 +449,44 @@ class Enhancer:
 
     # -- code ---------------------------------------------------------------------------------------
     async def _code(self, state: EnhanceState, work: SlotWork, tc: ToolCall, block) -> None:
-        if isinstance(block, ImageBlock):
-            work.detail["why"] = "the chart rendered"
+        from .codecheck import same_failure
+
+        entry = self._ahead.get(("fix", tc.index))
+        predicted = entry[0] if entry is not None else None
+        ahead = self._take("fix", tc.index)
+        if isinstance(block, ImageBlock) or block.kind in ("budget", "cancelled"):
+            if ahead is not None:  # the failure foreseen did not happen: the early fix is not used
+                _drop(ahead)
+                work.detail["fix_asked_ahead"] = "not used: " + ("the chart rendered" if isinstance(block, ImageBlock)
+                                                                 else f"the chart did not run ({block.kind})")
+            if isinstance(block, ImageBlock):
+                work.detail["why"] = "the chart rendered"
+            else:
+                work.action, work.detail["why"] = "skipped", f"not a chart error ({block.kind})"
             return
-        if block.kind in ("budget", "cancelled"):
-            work.action, work.detail["why"] = "skipped", f"not a chart error ({block.kind})"
-            return
+        if ahead is not None and not same_failure(predicted or "", block.reason):
+            _drop(ahead)
+            work.detail["fix_asked_ahead"] = "not used: the chart failed otherwise than foreseen"
+            ahead = None
         code, error = str(tc.params.get("code", "")), block.reason
         attempts: list[dict[str, Any]] = []
         work.detail["attempts"] = attempts
-        system = load_prompt("tts_chart_fix")
         for n in range(self.cfg.code.max_fixes):
-            user = (f"Description of the chart: {tc.description}\n\nThe code:\n```python\n{code}\n```\n\n"
-                    f"The error:\n{error}")
-            msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            asked = ahead if n == 0 else None
             try:
-                fixed = await self.policy.ask(msgs, extract_code, max_tokens=max(self.max_tokens, 2048))
+                fixed = await (asked if asked is not None else
+                               self.policy.ask(self._fix_messages(tc, code, error), extract_code,
+                                               max_tokens=max(self.max_tokens, 2048)))
             except ChatFailure as exc:
                 attempts.append({"error": exc.reason})
                 return
             result = await self.runner.call(ToolCall(tc.index, "code", tc.description, {"code": fixed}))
+            note = {"asked_ahead": True} if asked is not None else {}
             if isinstance(result, ImageBlock):
-                attempts.append({"ok": True})
+                attempts.append({"ok": True, **note})
                 work.replacement = result
                 return
-            attempts.append({"ok": False, "kind": result.kind, "reason": result.reason[:300]})
+            attempts.append({"ok": False, "kind": result.kind, "reason": result.reason[:300], **note})
             code, error = fixed, result.reason
 
     # -- edit ---------------------------------------------------------------------------------------

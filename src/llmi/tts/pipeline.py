@@ -44,12 +44,20 @@ from .budget import Budget, BudgetExhausted, Meter
 from .calls import Chat, JudgeChat, PolicyChat
 from .check import CheckResult, Constraints, check_response, screen
 from .config import TTSSettings, normalise_stages
-from .cost import Cost, charging
+from .cost import Cost, charging, charging_only
 from .enhance import Enhancer, EnhanceState, SlotWork
 from .execute import Runner
 from .polish import polish
 from .sample import Candidate, sample, schedule
-from .select import Pool, Selection, by_check, select_by_judge, select_by_reward, select_by_tournament
+from .select import (
+    Pool,
+    Selection,
+    by_check,
+    judge_candidate,
+    select_by_judge,
+    select_by_reward,
+    select_by_tournament,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
@@ -194,7 +202,9 @@ class _Run:
 
     # -- stage runner ---------------------------------------------------------------------------------
     async def stage(self, name: str, work: Callable[[], Any], *, enabled: bool = True,
-                    skip_why: str = "switched off", deadline: bool = True) -> StageRecord:
+                    skip_why: str = "switched off", deadline: bool = True, ahead: Cost | None = None) -> StageRecord:
+        """Run one stage. ``ahead``: the cost of work done for this stage while an earlier one ran (its
+        calls and tokens are this stage's; its time is not)."""
         rec = StageRecord(name, "finished")
         if not enabled:
             rec.status, rec.detail = "skipped", {"why": skip_why}
@@ -224,6 +234,8 @@ class _Run:
             rec.detail = {"resource": "seconds", "why": f"budget exhausted (seconds): {self.meter.budget.seconds:g} s have passed"}
         finally:
             rec.cost.seconds = time.perf_counter() - t0
+            if ahead is not None:
+                rec.cost.absorb(ahead)
         self.records.append(rec)
         self.emit(name, rec.status, rec.detail, rec.cost)
         return rec
@@ -365,7 +377,47 @@ async def tts(
         base_seed = req.sampling.seed if req.sampling.seed is not None else cfg.seed
         plan = schedule(n, temps if req.sampling.temperature is None else [], base_seed, default_t)
 
+        # a candidate is judged as soon as it is written (the default selector), so that selection runs
+        # under the slowest sample instead of after it; charged to select, never started for one that the
+        # check will drop, nor before a second candidate could be judged (one alone needs no judge), nor
+        # when the calls budget could not judge every candidate (then selection spends what is left)
+        early: dict[int, asyncio.Future] = {}
+        ahead_select = Cost()
+        judgeable: list[Candidate] = []
+        judge_early = "select" in run.enabled and cfg.selector == "judge" and len(plan) > 1
+
+        def judge_chat() -> Chat:
+            which = cfg.judge
+            if which == "auto":
+                which = "llm_judge" if settings.llm_judge.base_url else "policy"
+            # the policy as a judge grades with the grading cap, as a judge endpoint does
+            return run.chat(which, PolicyChat(llm, meter, default_max_tokens=cfg.judge_max_tokens), stack)
+
+        def judge_soon(c: Candidate) -> None:
+            nonlocal judge_early
+            if ("check" in run.enabled and cfg.invalid == "drop"
+                    and not check_response(c.index, c.response, constraints, len(images)).valid):
+                return  # dropped by the check, unless none is valid: then it is judged after sampling
+            judgeable.append(c)
+            if len(judgeable) < 2:
+                return
+            if not early and meter.affordable(len(plan)) < len(plan):
+                judge_early = False
+                return
+            if not early:
+                stack.push_async_callback(_cancel_all, early)  # runs before the judge's client closes
+            chat = judge_chat()
+            for j in judgeable:
+                if j.index not in early:
+                    with charging_only(ahead_select):
+                        early[j.index] = asyncio.ensure_future(judge_candidate(chat, question, j.response))
+
         def on_candidate(c: Candidate, status: str) -> None:
+            if status == "finished" and c.ok and judge_early:
+                try:
+                    judge_soon(c)
+                except Exception:  # judging early is an optimisation: selection judges what is left
+                    log.exception("could not judge candidate %d early", c.index)
             detail: dict[str, Any] = {"candidate": c.index, "temperature": c.temperature, "seed": c.seed}
             if status == "finished":
                 if c.ok:
@@ -419,12 +471,7 @@ async def tts(
             if len(pool.indices) == 1:
                 run.selection = by_check(pool.indices, run.penalties, "only candidate")
                 return run.selection.to_dict()
-            which = cfg.judge
-            if which == "auto":
-                which = "llm_judge" if settings.llm_judge.base_url else "policy"
-            # the policy as a judge grades with the grading cap, as a judge endpoint does
-            grader = PolicyChat(llm, meter, default_max_tokens=cfg.judge_max_tokens)
-            chat = run.chat(which, grader, stack)
+            chat = judge_chat()
             if cfg.selector == "tournament":
                 sel = await select_by_tournament(chat, pool, swap=cfg.tournament_swap)
             elif cfg.selector == "reward":
@@ -445,19 +492,39 @@ async def tts(
                 sel = await select_by_reward(chat, mllm, pool, run_one, image_num=constraints.image_num,
                                              tools=constraints.tools)
             else:
-                sel = await select_by_judge(chat, pool, tie_break=cfg.tie_break, swap=cfg.tournament_swap)
+                sel = await select_by_judge(chat, pool, tie_break=cfg.tie_break, swap=cfg.tournament_swap,
+                                            early={i: f for i, f in early.items() if i in pool.responses})
             run.selection = sel
             d = {"selector": cfg.selector, "judge": chat.name, **sel.to_dict()}
             if sel.cut:
                 d["_cut"] = sel.cut
             return d
 
-        await run.stage("select", do_select, enabled="select" in run.enabled)
+        await run.stage("select", do_select, enabled="select" in run.enabled, ahead=ahead_select)
+        await _cancel_all(early)  # judged early but not needed (or the stage was cut)
         if run.selection is None:
             why = "check (select was cut)" if "select" in run.enabled else "check (select switched off)"
             run.selection = by_check(pool.indices, run.penalties, why)
         winner = run.selection.winner
         wc = run.candidates[_pos(run.candidates, winner)]
+
+        # 5. enhance, asked ahead: the model calls it makes whatever the tools return start now, while
+        # the winner's tools run (the calls are charged to enhance)
+        def on_slot(w: SlotWork, status: str) -> None:
+            run.emit("enhance", "started" if status == "started" else "finished", w.to_dict(), w.cost)
+
+        enhancer: Enhancer | None = None
+        asked_ahead: list[dict[str, Any]] = []
+        if "enhance" in run.enabled:
+            image_judge = None
+            if cfg.enhance.image_judge == "mllm_judge" or (cfg.enhance.image_judge == "auto" and settings.mllm_judge.base_url):
+                image_judge = run.chat("mllm_judge", policy, stack)
+            enhancer = Enhancer(runner, policy, image_judge, cfg.enhance, helper_max_tokens=cfg.helper_max_tokens,
+                                on_slot=on_slot)
+            stack.callback(enhancer.discard)
+            runs_tools = (run.selection.documents.get(winner) if run.selection else None) is None and wc.document is None
+            if runs_tools:
+                asked_ahead = enhancer.prefetch(parse_response(wc.response, len(images)).calls)
 
         # 4. execute ------------------------------------------------------------------------------
         async def do_execute() -> dict[str, Any]:
@@ -484,22 +551,20 @@ async def tts(
         # 5. enhance ------------------------------------------------------------------------------
         state = EnhanceState(run.document)
 
-        def on_slot(w: SlotWork, status: str) -> None:
-            run.emit("enhance", "started" if status == "started" else "finished", w.to_dict(), w.cost)
-
         async def do_enhance() -> dict[str, Any]:
-            image_judge = None
-            if cfg.enhance.image_judge == "mllm_judge" or (cfg.enhance.image_judge == "auto" and settings.mllm_judge.base_url):
-                image_judge = run.chat("mllm_judge", policy, stack)
-            enhancer = Enhancer(runner, policy, image_judge, cfg.enhance, helper_max_tokens=cfg.helper_max_tokens,
-                                on_slot=on_slot)
+            assert enhancer is not None
             d = await enhancer.run(state)
+            if asked_ahead:
+                d["asked_ahead"] = asked_ahead
             d["work"] = [w.to_dict() for w in state.work]
             if state.cut:
                 d["_cut"] = state.cut
             return d
 
-        await run.stage("enhance", do_enhance, enabled="enhance" in run.enabled)
+        await run.stage("enhance", do_enhance, enabled="enhance" in run.enabled,
+                        ahead=enhancer.prefetch_cost if enhancer is not None else None)
+        if enhancer is not None:
+            enhancer.discard()
         if "enhance" in run.enabled:
             run.document = state.document
             run.snapshots["enhance"] = run.document
@@ -523,6 +588,19 @@ async def tts(
     # the document says what it cost: the per-stage table in its meta (and so in its JSON stats)
     result.document = dataclasses.replace(result.document, meta={**result.document.meta, "tts": result.statistics})
     return result
+
+
+async def _cancel_all(tasks: Mapping[int, asyncio.Future]) -> None:
+    """Cancel the judge calls started early that are still running, and read the errors of those that
+    ended (so none is reported as never retrieved)."""
+    pending = [t for t in tasks.values() if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    for t in tasks.values():
+        if t.done() and not t.cancelled():
+            t.exception()
 
 
 def _check_setup(cfg: TTSSettings, settings: Settings, stages: Sequence[str]) -> None:

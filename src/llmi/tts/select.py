@@ -256,17 +256,22 @@ class Pool:
         return sorted(self.responses)
 
 
-async def judge_scores(chat: Chat, pool: Pool) -> tuple[dict[int, float | None], dict[int, dict], dict[int, str], str | None]:
-    """The LLM judge's ``S_llm`` for each candidate, at once. Returns ``(base, parts, failures, cut)``."""
+async def judge_candidate(chat: Chat, question: str, response: str) -> tuple[float, float]:
+    """The LLM judge's ``Text`` and ``Image`` grades of one candidate (raises ChatFailure/BudgetExhausted)."""
     from ..reward.judges import llm_judge_messages
 
-    system = load_prompt("judge_text")
+    msgs = llm_judge_messages(load_prompt("judge_text"), question, strip_think(response))
+    return await chat.ask(msgs, parse_llm_scores)
 
-    async def one(i: int) -> tuple[float, float]:
-        msgs = llm_judge_messages(system, pool.question, strip_think(pool.responses[i]))
-        return await chat.ask(msgs, parse_llm_scores)
 
-    results = await gather_settled(*(one(i) for i in pool.indices))
+async def judge_scores(chat: Chat, pool: Pool, early: Mapping[int, Awaitable[Any]] | None = None
+                       ) -> tuple[dict[int, float | None], dict[int, dict], dict[int, str], str | None]:
+    """The LLM judge's ``S_llm`` for each candidate, at once. ``early`` holds judge calls already under
+    way (candidates judged as soon as they were written, :func:`judge_candidate` of the same chat);
+    the others are asked now. Returns ``(base, parts, failures, cut)``."""
+    early = early or {}
+    results = await gather_settled(*(early[i] if i in early else judge_candidate(chat, pool.question, pool.responses[i])
+                                     for i in pool.indices))
     base: dict[int, float | None] = {}
     parts: dict[int, dict] = {}
     failures: dict[int, str] = {}
@@ -307,12 +312,14 @@ async def play_match(chat: Chat, pool: Pool, a: int, b: int, *, swap: bool) -> M
     return decide(m, pool.penalties)
 
 
-async def select_by_judge(chat: Chat, pool: Pool, *, tie_break: str = "pairwise", swap: bool = True) -> Selection:
-    """The default selector: LLM-judge grades, ties settled by a pairwise match or the check."""
+async def select_by_judge(chat: Chat, pool: Pool, *, tie_break: str = "pairwise", swap: bool = True,
+                          early: Mapping[int, Awaitable[Any]] | None = None) -> Selection:
+    """The default selector: LLM-judge grades, ties settled by a pairwise match or the check. ``early``:
+    judge calls already under way (see :func:`judge_scores`)."""
     if len(pool.indices) == 1:
         only = pool.indices[0]
         return Selection(winner=only, ranking=[only], final={only: None}, decided_by="only candidate")
-    base, parts, failures, cut = await judge_scores(chat, pool)
+    base, parts, failures, cut = await judge_scores(chat, pool, early)
     final = final_scores(base, pool.penalties)
     ranking = rank(final, pool.penalties)
     sel = Selection(winner=ranking[0], ranking=ranking, final=final, parts=parts, failures=failures, cut=cut)
