@@ -215,6 +215,26 @@ def test_forwarded_headers_do_not_bypass_limits(llm, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
+def test_key_lookup_takes_the_same_steps_for_any_key(monkeypatch):
+    """Checked, held: a key is compared in constant time on its SHA-256 against every stored key, whether
+    it matches the first, the last or none (no early exit that times out which prefix is right)."""
+    import hmac
+
+    from llmi.server import auth
+
+    ring = KeyRing()
+    for i in range(5):
+        ring.add(f"sk-sec-key-{i}-0123456789", f"k{i}")
+    calls: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((len(a), len(b))) or real(a, b))
+    for key, ident in (("sk-sec-key-0-0123456789", "k0"), ("sk-sec-key-4-0123456789", "k4"), ("sk-nope-00000000", None),
+                       ("x" * 10_000, None)):
+        calls.clear()
+        assert ring.identify(key) == ident
+        assert calls == [(32, 32)] * 5
+
+
 def test_keys_are_exact_and_never_echoed_or_logged(llm, tmp_path, caplog):
     for name in ("llmi", "uvicorn", "uvicorn.access", "uvicorn.error"):
         caplog.set_level(logging.DEBUG, logger=name)
@@ -434,6 +454,19 @@ def test_body_limits_hold_against_lies_and_encodings(llm, tmp_path):
         assert httpx.get(srv.base_url + "/healthz").json() == {"status": "ok"}
 
 
+def _bomb_png(width: int, height: int) -> str:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with almost no data (a decompression bomb
+    is refused on its header, so the data never matters)."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return base64.b64encode(data).decode()
+
+
 def test_uploads_are_checked_by_content_size_and_count(llm, tmp_path):
     from PIL import Image
 
@@ -446,8 +479,8 @@ def test_uploads_are_checked_by_content_size_and_count(llm, tmp_path):
         url = srv.base_url + "/api/runs"
         # A decompression bomb (30000 x 30000 pixels in ~100 KB) and a 20000-pixel-wide strip: refused by
         # their header before decoding (the strip passed before: data uploads skipped max_width/max_height).
-        for img in (Image.new("1", (30000, 30000)), Image.new("RGB", (20000, 2))):
-            err = _is_error(httpx.post(url, json={"prompt": "x", "images": [png_of(img)]}), 413, "image_too_large")
+        for ref in (_bomb_png(30000, 30000), png_of(Image.new("RGB", (20000, 2)))):
+            err = _is_error(httpx.post(url, json={"prompt": "x", "images": [ref]}), 413, "image_too_large")
             assert "too large" in err["message"]
         svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>'
         for ref in (base64.b64encode(svg).decode(), "data:image/svg+xml;base64," + base64.b64encode(svg).decode(),
