@@ -366,3 +366,18 @@ def test_compare_report_item_scores_on_the_headline_scale(tmp_path):
     page = write_compare_report(out, bench, items, ra, rb, {}, summary, runs[0], runs[1]).read_text()
     assert "<summary>1 · A 5.000 · B 10.000</summary>" in page
     assert "<strong>score 5.000</strong>" in page and "<strong>score 10.000</strong>" in page
+
+
+def test_report_of_a_run_whose_items_all_failed_has_no_empty_plots_section(tmp_path):
+    """Found on OpenING items whose input images were not downloaded: every item an input error, and the
+    report showed a "Plots" heading over nothing."""
+    from llmi.eval.report import write_report
+
+    data = tmp_path / "text_only.json"
+    data.write_text(json.dumps([{"prompt": "Tea", "r1": "names a tea"}]))
+    bench = LLMIBench(data)
+    rows = {"1": {"error": {"kind": "input", "message": "InputError: input image x.jpg does not exist"}}}
+    summary = {"benchmark": "llmi-bench", "title": "LLMI-Bench", "scale": [0, 10], "item_scale": 10.0,
+               "scores": bench.aggregate(list(rows.values())), "items": {"total": 1, "finished": 1, "failed": 1}}
+    page = write_report(RunFolder(tmp_path / "run"), bench, bench.load(), rows, summary).read_text()
+    assert "<h2>Plots</h2>" not in page and "x.jpg does not exist" in page

@@ -396,7 +396,8 @@ def write_report(run: Any, bench: Any, items: list[Any], rows: dict[str, dict[st
     body = "\n".join([
         f"<h1>{_esc(head)}</h1>", meta, top,
         "<h2>Scores</h2>", scores_section(scores),
-        "<h2>Plots</h2>", f'<div class="ev-grid">{"".join(p for p in plots if p)}</div>',
+        # no heading over nothing (no scored item yet, or no matplotlib)
+        f'<h2>Plots</h2><div class="ev-grid">{"".join(p for p in plots if p)}</div>' if any(plots) else "",
         "<h2>Tools</h2>", _kv_table(tool_rows),
         "<h2>Cost</h2>", _kv_table(cost_rows), stage_html,
         "<h2>Items</h2>",
