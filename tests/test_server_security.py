@@ -983,3 +983,13 @@ def test_the_llm_key_never_reaches_clients_or_files(tmp_path):
             r = httpx.post(srv.base_url + "/api/runs", json={"prompt": "hi", "stream": True}, timeout=30)
             assert '"type": "error"' in r.text and secret not in r.text
     assert not any(secret.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_slot_numbers_are_bounded(llm, tmp_path):
+    """Finding (low): /api/runs/{id}/slots/-1 answered the last slot (a negative index into the list)."""
+    with _server(llm, tmp_path) as srv:
+        run = _finished_run(srv, {})
+        assert httpx.get(srv.base_url + f"/api/runs/{run['id']}/slots/0").status_code == 200
+        for n in ("-1", "-2", "1000000", "99999999999999999999999", "1e3"):
+            _is_error(httpx.get(srv.base_url + f"/api/runs/{run['id']}/slots/{n}"), 400)
+        _is_error(httpx.get(srv.base_url + f"/api/runs/{run['id']}/slots/5"), 404, "not_found")

@@ -24,7 +24,7 @@ import re
 import zipfile
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -443,7 +443,8 @@ async def get_fragment(run_id: str, request: Request, who: Principal = Depends(p
 
 
 @router.get("/runs/{run_id}/slots/{slot}", response_model=HtmlPart, summary="One finished slot as sanitised HTML")
-async def get_slot(run_id: str, slot: int, request: Request, who: Principal = Depends(principal)) -> HtmlPart:
+async def get_slot(run_id: str, request: Request, slot: int = Path(ge=0, le=999_999),
+                   who: Principal = Depends(principal)) -> HtmlPart:
     svc = services(request)
     rec = _owned(svc, run_id, who)
     block = await _slot_block(svc, rec, slot, wait=False)
