@@ -381,3 +381,23 @@ def test_report_of_a_run_whose_items_all_failed_has_no_empty_plots_section(tmp_p
                "scores": bench.aggregate(list(rows.values())), "items": {"total": 1, "finished": 1, "failed": 1}}
     page = write_report(RunFolder(tmp_path / "run"), bench, bench.load(), rows, summary).read_text()
     assert "<h2>Plots</h2>" not in page and "x.jpg does not exist" in page
+
+
+def test_opening_output_folder_with_stray_json_files(tmp_path, caplog):
+    """A model's gen_outputs folder may hold other JSON files (a score summary, a broken file): they are
+    skipped with a warning, not the end of the run; with --data, files of other ids are not even read."""
+    folder = tmp_path / "M_output"
+    folder.mkdir()
+    row = _opening_row("0301007", input_image=None)
+    row["conversations"][1]["output"] = [{"text": "Step.", "image": None}]
+    (folder / "0301007.json").write_text(json.dumps(row))
+    (folder / "scores.json").write_text(json.dumps([{"data_id": "0301007", "score": 7}]))
+    (folder / "broken.json").write_text("{not json")
+    outs = list(OpenING(None).read_outputs(folder, None))
+    assert [o.item.id for o in outs] == ["0301007"]
+    assert "scores.json holds no OpenING output object" in caplog.text and "broken.json is not a JSON" in caplog.text
+    data = tmp_path / "test_data.jsonl"
+    data.write_text(json.dumps(_opening_row("0301007", input_image=None)) + "\n")
+    bench = OpenING(data)
+    caplog.clear()
+    assert [o.item.id for o in bench.read_outputs(folder, bench.load())] == ["0301007"] and "skipped" not in caplog.text

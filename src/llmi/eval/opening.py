@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -57,6 +58,8 @@ from .base import (
 )
 from .judge import Parts, ScoreParseError, extract_json, first_key, marker_code, number_in
 from .stats import mean_ci, mean_of_means_ci, rounded
+
+log = logging.getLogger(__name__)
 
 CRITERIA = (
     "Correctness",
@@ -411,16 +414,18 @@ class OpenING(Benchmark):
                                  "give one of them: --outputs " + str(path / models[0]))
         for f in files:
             uid = f.name.split(".")[0]
+            if items and uid not in by_id:
+                continue  # --data given: only its items (other files in the folder are not read)
             try:
                 row = json.loads(read_text(f))
             except ValueError as exc:
-                raise InputError(f"{f} is not a JSON output file: {exc}") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{f} holds no OpenING output object")
+                log.warning("%s is not a JSON output file (%s); skipped", f, exc)
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
+                log.warning("%s holds no OpenING output object (no conversations); skipped", f)
+                continue
             item = by_id.get(uid)
             if item is None:
-                if items:
-                    continue  # --data given: only its items
                 row = {**row, "total_uid": row.get("total_uid") or uid}
                 item = self.item(row, root, golden=False)  # its "output" is the model's, not the golden one
             conv = row.get("conversations") or []
