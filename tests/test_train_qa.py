@@ -121,3 +121,189 @@ def test_jpeg_images_keep_their_bytes_format_and_name(tmp_path):
 def test_wrong_column_names_are_named(record, message):
     with pytest.raises(TrainDataError, match=message.replace("(", r"\(")):
         parse_record(record)
+
+
+# ------------------------------------------------------------------------------------------------
+# llmi train: the output folder, the model, multimodal data
+# ------------------------------------------------------------------------------------------------
+
+pytest.importorskip("trl")
+
+
+@pytest.fixture
+def judges():
+    from tests.conftest import _judge_server
+
+    with _judge_server(ts.judge_reply) as (url, server):
+        yield url, server
+
+
+def _request(tmp_path, cfg, data, *, model=None, out=None, **kw):
+    from llmi.config import load_settings
+    from llmi.train.runner import TrainRequest
+
+    return TrainRequest(model=str(model or tmp_path / "no-such-model"), data=[str(d) for d in data],
+                        output_dir=out or tmp_path / "out", settings=load_settings(cfg, environ={}), **kw)
+
+
+def test_an_output_folder_of_another_model_is_refused_before_anything_loads(tmp_path, judges):
+    """Resuming with a different --model loaded the weights and died on a size-mismatch traceback."""
+    from llmi.errors import InputError
+    from llmi.train.runner import plan
+
+    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0])
+    data = ts.write_parquet(tmp_path / "d.parquet", ts.llmi_rows(2))
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (out / "llmi_train.json").write_text(json.dumps({"model": "Qwen/Qwen3-4B-Instruct-2507", "fingerprint": "x"}))
+    for resume in (True, False):
+        with pytest.raises(InputError, match="holds a run of Qwen/Qwen3-4B-Instruct-2507, not of --model"):
+            plan(_request(tmp_path, cfg, [data], out=out, resume=resume))
+    # a folder holding some model that is not an llmi run, and the --model folder itself
+    other = tmp_path / "some-model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="holds a model \\(config.json\\) that is not an llmi train run"):
+        plan(_request(tmp_path, cfg, [data], out=other))
+    with pytest.raises(InputError, match="is the --model folder"):
+        plan(_request(tmp_path, cfg, [data], model=other, out=other))
+
+
+def test_the_same_model_named_another_way_is_the_same_run(tmp_path, monkeypatch):
+    from llmi.train.runner import _check_output_folder, model_key
+
+    model = tmp_path / "m"
+    model.mkdir()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "llmi_train.json").write_text(json.dumps({"model": str(model)}))
+    monkeypatch.chdir(tmp_path)
+    _check_output_folder(out, "m")  # relative, same folder: no error
+    _check_output_folder(out, "./m/")
+    assert model_key("m") == model_key(str(model))
+
+
+def test_a_fresh_start_in_a_run_folder_without_checkpoint_drops_the_old_steps(tmp_path):
+    """A run killed before its first checkpoint, started again without --resume, appended its steps to
+    the dead run's metrics.jsonl: step 1 twice."""
+    from llmi.train.metrics import MetricsLog
+    from llmi.train.runner import start_outputs
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2):
+        log.append({"step": step, "reward": 0.5})
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "step-1.html").write_text("old")
+    start_outputs(tmp_path, None)
+    assert log.read() == [] and not list((tmp_path / "samples").iterdir())
+    for step in (1, 2, 3):
+        log.append({"step": step})
+    start_outputs(tmp_path, tmp_path / "checkpoint-2")
+    assert [l["step"] for l in log.read()] == [1, 2]
+
+
+def test_images_for_a_text_only_model_are_an_error_before_it_loads(tmp_path, judges):
+    """A text model given interleaved_mm rows trained until TRL's KeyError: 'pixel_values'."""
+    from llmi.train.runner import plan
+
+    model = ts.build_text_model(tmp_path / "m")
+    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0])
+    text = ts.write_parquet(tmp_path / "train.parquet", ts.llmi_rows(2))
+    mm = ts.write_parquet(tmp_path / "train_mm.parquet", ts.llmi_rows(2, with_images=True))
+    with pytest.raises(TrainDataError, match="2 row\\(s\\) have input images, but .* has no image processor"):
+        plan(_request(tmp_path, cfg, [text, mm], model=model))
+
+
+def test_text_rows_next_to_image_rows_get_the_releases_blank_image_which_the_reward_leaves_out(tmp_path, judges):
+    """TRL 1.16 cannot batch prompts with images next to prompts without (the release's mllmi recipe
+    trains on train.parquet + train_mm.parquet): it died in the processor. Text rows now carry one blank
+    28x28 image, as the release's loader gave them, and the reward never sees it."""
+    import asyncio
+
+    from llmi.config import load_settings
+    from llmi.document import Document, TextBlock
+    from llmi.train.prepare import trl_records
+    from llmi.train.reward import TrainingReward
+
+    rows = [parse_record(r) for r in ts.llmi_rows(1)] + [parse_record(ts.llmi_rows(1, with_images=True)[0])]
+    records, multimodal = trl_records(rows)
+    assert multimodal
+    text, mm = records
+    assert text["pad_images"] == 1 and mm["pad_images"] == 0
+    assert [im.size for im in text["images"]] == [(28, 28)] and text["images"][0].getpixel((0, 0)) == (255, 255, 255)
+    assert text["prompt"][-1]["content"][0] == {"type": "image", "text": None}
+    assert [p["type"] for p in mm["prompt"][-1]["content"]] == ["image", "text"]  # its own image, no blank
+
+    seen = []
+
+    async def execute(response, images):
+        seen.append(len(images))
+        return Document(blocks=[TextBlock(response)], input_images=list(images))
+
+    settings = load_settings(ts.write_config(tmp_path / "llmi.toml", judges[0]), environ={})
+    reward = TrainingReward(settings, execute=execute)
+
+    async def score():
+        try:
+            return await reward(prompts=[r["prompt"] for r in records], completions=["hello " + ts.CODE_TAG] * 2,
+                                image_num=[r["image_num"] for r in records], tools=[r["tools"] for r in records],
+                                question=[r["question"] for r in records], images=[r["images"] for r in records],
+                                pad_images=[r["pad_images"] for r in records], row=[0, 1])
+        finally:
+            await reward.aclose()
+
+    scores = asyncio.run(score())
+    assert sorted(seen) == [0, 1] and all(s is not None for s in scores)
+    by_row = {r.row: r for r in reward.last.rollouts}
+    assert by_row[0].document.input_images == [] and len(by_row[1].document.input_images) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# A judge that goes down during training
+# ------------------------------------------------------------------------------------------------
+
+
+def test_steps_whose_every_rollout_was_dropped_stop_the_run(tmp_path):
+    """With the judges down, TRL trained on (loss 0, grad norm 0) for as many steps as asked."""
+    from llmi.train.callbacks import RunOutputs, make_callback
+
+    class NoBatches:
+        def drain(self):
+            return []
+
+    outputs = RunOutputs(NoBatches(), tmp_path, samples_every=10, samples_per_page=2, stop_after_failed_steps=2)
+    outputs.on_log(1, {"reward": float("nan")})
+    outputs.on_log(2, {"reward": 0.4})  # a good step in between starts the count again
+    outputs.on_log(3, {"reward": float("nan")})
+    assert outputs.stop_reason is None
+    outputs.on_log(4, {"reward": None})
+    assert outputs.stop_reason.startswith("stopped at step 4: every rollout of the last 2 steps was dropped")
+    never = RunOutputs(NoBatches(), tmp_path / "b", samples_every=10, samples_per_page=2, stop_after_failed_steps=0)
+    (tmp_path / "b").mkdir()
+    for step in range(1, 6):
+        never.on_log(step, {"reward": float("nan")})
+    assert never.stop_reason is None
+
+    # the callback stops training without saving the failed step, on every process alike
+    from transformers import TrainerControl, TrainerState
+
+    outputs = RunOutputs(NoBatches(), tmp_path, samples_every=10, samples_per_page=2, stop_after_failed_steps=1)
+    callback = make_callback(outputs)
+    state = TrainerState()
+    state.global_step, state.max_steps, state.is_world_process_zero = 5, 10, False
+    control = TrainerControl(should_save=True)
+    callback.on_log(None, state, control, logs={"reward": float("nan"), "loss": 0.0})
+    assert control.should_training_stop and not control.should_save
+
+
+def test_the_samples_page_says_what_the_row_asked_for_and_where_it_came_from():
+    from llmi.reward.rules import RewardResult
+    from llmi.train.reward import Rollout
+    from llmi.train.samples import samples_page
+
+    result = RewardResult(score=0.5, n_tags=1, n_images=1)
+    rollout = Rollout(row=1, question="q", completion="hello", result=result, document=None, image_num=99,
+                      tools=("search", "code"))
+    page = samples_page(3, [rollout], origins=["a.parquet:1", "train.parquet:2"])
+    assert "row 1 (train.parquet:2) · needs at least one (99) image(s), tools search, code · wrote 1 tag(s)" in page

@@ -124,17 +124,34 @@ def _parts(text: str) -> list[dict[str, Any]]:
     return parts or [{"type": "text", "text": ""}]
 
 
+#: The blank image a text row gets in a multimodal dataset (the release's 28x28 white one).
+PAD_IMAGE_SIZE = 28
+
+
+def _pad_image():
+    from PIL import Image
+
+    return Image.new("RGB", (PAD_IMAGE_SIZE, PAD_IMAGE_SIZE), (255, 255, 255))
+
+
 def trl_records(rows: Sequence[TrainRow], *, max_pixels: int | None = None) -> tuple[list[dict[str, Any]], bool]:
     """Rows as TRL GRPO dataset records, and whether the dataset is multimodal.
 
     In a multimodal dataset every message has structured content (one schema for all rows), with an
-    image part where each ``<image>`` stood; ``images`` lists the decoded images in that order.
+    image part where each ``<image>`` stood; ``images`` lists the decoded images in that order. TRL 1.16
+    cannot batch prompts with images next to prompts without, so a text row there gets one blank 28x28
+    image before its user text, as the release did for its text rows in multimodal training
+    (``pad_images`` = 1: the reward leaves it out, so it is never an input image of the reward).
     """
     multimodal = any(r.images for r in rows)
     records = []
     for position, row in enumerate(rows):
+        pad = 1 if multimodal and not row.images else 0
         if multimodal:
             prompt = [{"role": m["role"], "content": _parts(m["content"])} for m in row.prompt]
+            if pad:
+                last = max(i for i, m in enumerate(prompt) if m["role"] == "user")
+                prompt[last] = {**prompt[last], "content": [{"type": "image", "text": None}] + prompt[last]["content"]}
         else:
             prompt = [dict(m) for m in row.prompt]
         record: dict[str, Any] = {
@@ -146,7 +163,8 @@ def trl_records(rows: Sequence[TrainRow], *, max_pixels: int | None = None) -> t
             "row": position,
         }
         if multimodal:
-            record["images"] = [open_image(ref, max_pixels) for ref in row.images]
+            record["images"] = [_pad_image()] if pad else [open_image(ref, max_pixels) for ref in row.images]
+            record["pad_images"] = pad
         records.append(record)
     return records, multimodal
 

@@ -41,6 +41,9 @@ class Rollout:
     result: RewardResult
     document: Document | None
     completion_tokens: int | None = None
+    #: The row's constraints (shown on the samples page).
+    image_num: int | None = None
+    tools: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,8 +65,9 @@ class TrainingReward:
     """A TRL reward function (async) computing the hybrid reward, recording each batch.
 
     Dataset columns used: ``image_num`` and ``tools`` (required), ``split``, ``question`` (what the
-    judges are asked about; the prompt's last user text otherwise), ``images`` (input images) and
-    ``row``. ``execute`` replaces the engine (tests); ``config`` is the recipe's reward configuration.
+    judges are asked about; the prompt's last user text otherwise), ``images`` (input images),
+    ``pad_images`` (leading blank images that are not input images) and ``row``. ``execute`` replaces
+    the engine (tests); ``config`` is the recipe's reward configuration.
     """
 
     __name__ = "llmi_reward"  # TRL names its logged reward after the function
@@ -145,6 +149,7 @@ class TrainingReward:
         question: Sequence[str] | None = None,
         images: Sequence[Any] | None = None,
         row: Sequence[int] | None = None,
+        pad_images: Sequence[int] | None = None,
         log_metric: Callable[[str, float], None] | None = None,
         trainer_state: Any = None,
         **_: Any,
@@ -157,6 +162,8 @@ class TrainingReward:
         samples = []
         for i, text in enumerate(texts):
             refs = images[i] if images is not None and images[i] is not None else []
+            if pad_images is not None and pad_images[i]:  # the blank image of a text row (prepare.trl_records)
+                refs = list(refs)[int(pad_images[i]):]
             try:
                 imgs = [load_image(r) for r in (refs if isinstance(refs, (list, tuple)) else [refs])]
             except InputError as exc:
@@ -192,6 +199,8 @@ class TrainingReward:
                 question=sample.question if sample.input_error is None else "",
                 completion=texts[i], result=result, document=doc,
                 completion_tokens=len(completion_ids[i]) if completion_ids is not None else None,
+                image_num=sample.image_num if sample.input_error is None else None,
+                tools=tuple(sample.tools),
             ))
         self.calls += 1
         self.last = record

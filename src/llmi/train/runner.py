@@ -30,7 +30,7 @@ from ..reward.rules import RewardConfig
 from ..reward.scoring import Executor
 from . import recipes
 from .data import TrainRow, read_rows
-from .errors import RecipeError, TrainDataError
+from .errors import JudgeUnreachable, RecipeError, TrainDataError
 from .prepare import LengthReport, apply_system_prompt, fingerprint, limit_lengths, token_counter
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ def plan(req: TrainRequest) -> Plan:
     resume_from = None
     if out.exists() and not out.is_dir():
         raise InputError(f"the output {out} is a file, not a folder")
+    _check_output_folder(out, req.model)
     if backend == "trl":
         existing = last_checkpoint(out)
         if req.resume:
@@ -168,6 +169,12 @@ def plan(req: TrainRequest) -> Plan:
             processing_class = load_processing_class(req.model, multimodal=multimodal)
         except ConfigError as exc:
             log.warning("prompt lengths not checked here (%s); verl's data.truncation=error will check them", exc)
+    if backend == "trl" and multimodal and getattr(processing_class, "image_processor", None) is None:
+        n = sum(bool(r.images) for r in rows)
+        raise TrainDataError(
+            f"{n} row(s) have input images, but {req.model} has no image processor (a text-only model): train a "
+            "vision-language model on them (recipe mllmi-grpo), or leave the interleaved_mm rows out"
+        )
     if processing_class is not None:
         rows, lengths = limit_lengths(rows, token_counter(processing_class), resolved.llmi.max_prompt_length,
                                       resolved.llmi.prompt_overflow)
@@ -177,6 +184,40 @@ def plan(req: TrainRequest) -> Plan:
     return Plan(request=req, resolved=resolved, reward=reward, rows=rows, system_prompt=system,
                 usable_tools=usable, fingerprint=fp, lengths=lengths, processing_class=processing_class,
                 judge_models=judge_models, resume_from=resume_from)
+
+
+def model_key(model: str) -> str:
+    """A model as compared between runs: a local folder by its real path, a hub id as given."""
+    return os.path.realpath(model) if os.path.isdir(model) else model
+
+
+_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "pytorch_model.bin",
+                "model.safetensors.index.json")
+
+
+def _check_output_folder(out: Path, model: str) -> None:
+    """The output folder is new, empty, or an llmi run of the same model: never another model's folder
+    (training writes the final weights over it) nor a run of a different model."""
+    if not out.is_dir():
+        return
+    if os.path.isdir(model) and os.path.realpath(model) == os.path.realpath(out):
+        raise InputError(f"--output-dir {out} is the --model folder: training would write over the base model")
+    try:
+        saved = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        saved = None
+    except (OSError, ValueError):
+        saved = {}
+    if saved is None:
+        found = [f for f in _MODEL_FILES if (out / f).exists()]
+        if found:
+            raise InputError(f"{out} holds a model ({found[0]}) that is not an llmi train run: training would "
+                             "write over it; choose another --output-dir")
+        return
+    before = saved.get("model_key") or (model_key(saved["model"]) if isinstance(saved.get("model"), str) else None)
+    if before is not None and before != model_key(model):
+        raise InputError(f"{out} holds a run of {saved.get('model')}, not of --model {model}; choose another "
+                         "--output-dir (or pass the same --model to continue it)")
 
 
 def _check_same_run(out: Path, fp: str, req: TrainRequest) -> None:
@@ -196,6 +237,7 @@ def _check_same_run(out: Path, fp: str, req: TrainRequest) -> None:
 def _run_record(p: Plan) -> dict[str, Any]:
     return {
         "model": p.request.model,
+        "model_key": model_key(p.request.model),
         "data": [str(d) for d in p.request.data],
         "rows": len(p.rows),
         "fingerprint": p.fingerprint,
@@ -305,6 +347,26 @@ class TrainResult:
     samples: list[Path]
 
 
+def start_outputs(out: Path, resume_from: Path | None) -> None:
+    """Metrics and samples of the run folder as the run starts: resuming drops what was logged after the
+    checkpoint; a fresh start (the folder of a run that died before its first checkpoint) drops them all,
+    so no step is logged twice."""
+    from .metrics import MetricsLog
+
+    if resume_from is not None:
+        dropped = MetricsLog(out / "metrics.jsonl").truncate_after(checkpoint_step(resume_from))
+        if dropped:
+            log.info("resuming at %s: dropped %d metrics line(s) logged after it", resume_from.name, dropped)
+        return
+    dropped = MetricsLog(out / "metrics.jsonl").truncate_after(0)
+    stale = sorted((out / "samples").glob("step-*.html"))
+    for page in stale:
+        page.unlink()
+    if dropped or stale:
+        log.warning("%s held an earlier run with no checkpoint: starting over (dropped %d metrics line(s) and "
+                    "%d samples page(s))", out, dropped, len(stale))
+
+
 def run_trl(p: Plan) -> TrainResult:
     """Train with TRL's GRPOTrainer; writes checkpoints, the final model, metrics, samples and the plot."""
     import trl
@@ -318,10 +380,7 @@ def run_trl(p: Plan) -> TrainResult:
     out = Path(req.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_FILE).write_text(json.dumps(_run_record(p), indent=2, default=str) + "\n", encoding="utf-8")
-    if p.resume_from is not None:
-        dropped = MetricsLog(out / "metrics.jsonl").truncate_after(checkpoint_step(p.resume_from))
-        if dropped:
-            log.info("resuming at %s: dropped %d metrics line(s) logged after it", p.resume_from.name, dropped)
+    start_outputs(out, p.resume_from)
     try:
         args = trl.GRPOConfig(**grpo_args(p))
     except (TypeError, ValueError) as exc:
@@ -329,7 +388,9 @@ def run_trl(p: Plan) -> TrainResult:
     dataset = trl_dataset(p.rows, max_pixels=p.resolved.llmi.max_image_pixels)
     reward = TrainingReward(req.settings, p.reward, impute=_impute(p), execute=req.execute)
     outputs = RunOutputs(reward, out, samples_every=p.resolved.llmi.samples_every,
-                         samples_per_page=p.resolved.llmi.samples_per_page)
+                         samples_per_page=p.resolved.llmi.samples_per_page,
+                         stop_after_failed_steps=p.resolved.llmi.stop_after_failed_steps,
+                         origins=[r.origin for r in p.rows])
     trainer = epoch_seeded_trainer(trl)(
         model=req.model,
         reward_funcs=[reward],
@@ -345,6 +406,13 @@ def run_trl(p: Plan) -> TrainResult:
         loop = getattr(trainer, "async_loop", None)
         if loop is not None and loop.is_running():
             asyncio.run_coroutine_threadsafe(reward.aclose(), loop).result(60)
+    if outputs.stop_reason is not None:
+        last = last_checkpoint(out)
+        raise JudgeUnreachable(
+            f"{outputs.stop_reason}; "
+            + (f"{last.name} is kept: fix the judges and run again with --resume" if last else
+               "no checkpoint was saved: fix the judges and run again")
+        )
     trainer.save_model(str(out))
     if p.processing_class is not None and trainer.is_world_process_zero():
         p.processing_class.save_pretrained(str(out))

@@ -43,8 +43,18 @@ def _fmt(value: object) -> str:
     return html.escape(str(value))
 
 
-def samples_page(step: int, rollouts: Sequence[Rollout], *, n: int = 4) -> str:
-    """The HTML page for ``step`` showing up to ``n`` of ``rollouts``."""
+def _needs(r: Rollout) -> str:
+    """What the row asks for: its image-count rule and the tools it needs."""
+    from .data import image_rule
+
+    if r.image_num is None:
+        return ""
+    return f" · needs {image_rule(r.image_num)} image(s), tools {', '.join(r.tools) or 'none'}"
+
+
+def samples_page(step: int, rollouts: Sequence[Rollout], *, n: int = 4, origins: Sequence[str] | None = None) -> str:
+    """The HTML page for ``step`` showing up to ``n`` of ``rollouts``; ``origins[row]`` names a row's
+    file and line."""
     parts = []
     for k, r in enumerate(pick(rollouts, n), 1):
         d = r.result.to_dict()
@@ -52,8 +62,11 @@ def samples_page(step: int, rollouts: Sequence[Rollout], *, n: int = 4) -> str:
         row = "".join(f"<td>{_fmt(d.get(f))}</td>" for f in _FIELDS)
         errors = "".join(f"<li>{html.escape(k2)}: {html.escape(v)}</li>" for k2, v in r.result.errors.items())
         violations = ", ".join(sorted({v["kind"] for v in r.result.violations}))
-        meta = (f"row {r.row} · {r.result.n_tags} tag(s), {r.result.n_images or 0} image(s) · "
-                f"{len(r.completion)} chars" + (f", {r.completion_tokens} tokens" if r.completion_tokens else ""))
+        where = ""
+        if origins is not None and r.row is not None and 0 <= r.row < len(origins) and origins[r.row]:
+            where = f" ({origins[r.row]})"
+        meta = (f"row {r.row}{where}{_needs(r)} · wrote {r.result.n_tags} tag(s), {r.result.n_images or 0} "
+                f"image(s) · {len(r.completion)} chars" + (f", {r.completion_tokens} tokens" if r.completion_tokens else ""))
         parts.append(
             f'<section class="llmi-sample"><h2>Sample {k}</h2><p>{html.escape(meta)}</p>'
             f'<table class="llmi-reward"><tr>{head}</tr><tr>{row}</tr></table>'
