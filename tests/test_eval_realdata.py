@@ -401,3 +401,21 @@ def test_opening_output_folder_with_stray_json_files(tmp_path, caplog):
     bench = OpenING(data)
     caplog.clear()
     assert [o.item.id for o in bench.read_outputs(folder, bench.load())] == ["0301007"] and "skipped" not in caplog.text
+
+
+def test_isg_images_come_from_the_data_folder_before_the_current_one(tmp_path, monkeypatch):
+    """ISG's images/ and OpenING's ./images/ share a folder name: running from a folder with its own images/
+    must not swap the benchmark's query image for another one."""
+    bench_dir, cwd = tmp_path / "ISG_eval", tmp_path / "elsewhere"
+    for d, color in ((bench_dir, (200, 0, 0)), (cwd, (0, 0, 200))):
+        (d / "images").mkdir(parents=True)
+        (d / "images" / "0007_q1.png").write_bytes(make_png(4, 4, color))
+    (cwd / "images" / "only_here.png").write_bytes(make_png(3, 3))
+    row = _isg_row()
+    row["Query"].append({"type": "image", "content": "images/only_here.png"})
+    data = bench_dir / "ISG-Bench.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    monkeypatch.chdir(cwd)
+    images = ISGBench(data).load()[0].input_images()
+    assert images[0].to_pil().convert("RGB").getpixel((1, 1)) == (200, 0, 0)
+    assert images[1].width == 3  # found where ISG's script looks first, when the data folder lacks it

@@ -199,10 +199,15 @@ class ISGBench(Benchmark):
 
     @staticmethod
     def resolve(ref: str, root: Path | None) -> Path:
-        p = Path(ref)
-        if p.is_absolute() or p.exists() or root is None:
+        """An image path of the data file: relative to the data file's folder first (ISG's ``--root``), then to
+        the current directory (where ISG's script looks first) — so an ``images/`` folder that happens to be in
+        the current directory does not stand in for the benchmark's own."""
+        p = Path(ref).expanduser()
+        if p.is_absolute() or root is None:
             return p
-        return root / p
+        if (root / p).exists() or not p.exists():
+            return root / p
+        return p
 
     # -- judging ----------------------------------------------------------------------------------
     @staticmethod
