@@ -307,3 +307,68 @@ def test_the_samples_page_says_what_the_row_asked_for_and_where_it_came_from():
                       tools=("search", "code"))
     page = samples_page(3, [rollout], origins=["a.parquet:1", "train.parquet:2"])
     assert "row 1 (train.parquet:2) · needs at least one (99) image(s), tools search, code · wrote 1 tag(s)" in page
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end (GRPOTrainer really runs; slow)
+# ------------------------------------------------------------------------------------------------
+
+
+def _train_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from llmi.cli import app
+
+    return CliRunner().invoke(app, ["train", *args])
+
+
+@pytest.mark.slow
+@pytest.mark.local_models
+def test_a_vlm_trains_on_the_releases_text_and_multimodal_files_together(tmp_path, judges):
+    """The mllmi-grpo recipe's data: train.parquet (string prompts) + train_mm.parquet (chats, images)."""
+    model = ts.build_vlm(tmp_path / "vlm")
+    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0])
+    text = ts.write_parquet(tmp_path / "train.parquet", ts.llmi_rows(2))
+    mm = ts.write_parquet(tmp_path / "train_mm.parquet", ts.llmi_rows(2, with_images=True))
+    out = tmp_path / "run"
+    r = _train_cli("--model", str(model), "--data", str(text), "--data", str(mm), "--config", str(cfg),
+                   "--recipe", "mllmi-grpo", "-o", str(out), "--max-steps", "1", "--set", "prompt_batch=4")
+    assert r.exit_code == 0, r.output
+    (line,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert line["prompt_rows"] == [0, 1, 2, 3] and line["reward"] is not None
+    page = (out / "samples" / "step-1.html").read_text()
+    import re
+
+    assert re.search(r"row \d \(\S+/train(_mm)?\.parquet:\d\) · needs ", page)
+
+
+@pytest.mark.slow
+@pytest.mark.local_models
+def test_judges_going_down_stop_the_run_with_one_line_and_resume_continues(tmp_path):
+    from tests.conftest import _judge_server
+
+    model = ts.build_text_model(tmp_path / "m")
+    data = ts.write_parquet(tmp_path / "train.parquet", ts.llmi_rows(4))
+    down = {"on": False}
+
+    def reply(body, n):
+        if down["on"]:
+            return (500, b'{"error": {"message": "judge is down"}}', {})
+        return ts.judge_reply(body, n)
+
+    with _judge_server(reply) as (url, _):
+        cfg = ts.write_config(tmp_path / "llmi.toml", url, train="stop_after_failed_steps = 2")
+        out = tmp_path / "run"
+        common = ["--model", str(model), "--data", str(data), "--config", str(cfg), "-o", str(out)]
+        assert _train_cli(*common, "--max-steps", "1").exit_code == 0
+        down["on"] = True
+        r = _train_cli(*common, "--max-steps", "6", "--resume")
+        assert r.exit_code == 2
+        (last,) = [l for l in r.output.splitlines() if l.startswith("error:")]
+        assert "every rollout of the last 2 steps was dropped" in last and "judge is down" in last
+        # the failed steps were not checkpointed: the run continues from the last step that learnt something
+        assert "checkpoint-1 is kept" in last and not (out / "checkpoint-2").exists()
+        down["on"] = False
+        assert _train_cli(*common, "--max-steps", "4", "--resume").exit_code == 0
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -90,9 +90,10 @@ def make_callback(outputs: RunOutputs):
                 outputs.on_log(state.global_step, logs, epoch=state.epoch, last=state.global_step >= state.max_steps)
             else:
                 outputs.watch(state.global_step, logs)
+            if outputs.failed_steps:  # a step that learnt nothing is not checkpointed: resume before it
+                control.should_save = False
             if outputs.stop_reason is not None:  # the judges are down: keep the last good checkpoint
                 control.should_training_stop = True
-                control.should_save = False
             return control
 
         def on_train_end(self, args, state, control, **kwargs):

@@ -54,7 +54,7 @@ class TrainSettings(BaseModel):
     )
     stop_after_failed_steps: int = Field(
         3, ge=0, description="stop training after this many logged steps in a row in which every rollout was "
-        "dropped by judge errors (the judges are down: such steps teach nothing); 0: never stop"
+        "dropped (the judges are down: such steps teach nothing and are not checkpointed); 0: never stop"
     )
     drop_score: float = Field(
         0.0, description="verl only: the reward a dropped rollout gets (verl cannot mask a sample)"
