@@ -237,7 +237,9 @@ def main() -> int:
         print(f"{s.name:<8} {s.status:<9} {c.llm_calls:>6} {c.tokens_in:>7} {c.tokens_out:>8} {tools:<18} {c.seconds:>8.2f}")
     enh = {w["slot"]: w["action"] for w in full.stage("enhance").detail.get("work", [])}
     pol = full.stage("polish").detail
-    print(f"enhance: {enh}; polish: {pol.get('result')}" + (f" ({pol['why']})" if pol.get("why") else ""))
+    ahead = ", ".join(f"{a['ask']} (slot {a['slot']})" for a in full.stage("enhance").detail.get("asked_ahead", []))
+    print(f"enhance: {enh}; asked while the winner's tools ran: {ahead or 'nothing'}; polish: {pol.get('result')}"
+          + (f" ({pol['why']})" if pol.get("why") else ""))
     return 0 if ok else 1
 
 
