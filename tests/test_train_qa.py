@@ -123,6 +123,25 @@ def test_wrong_column_names_are_named(record, message):
         parse_record(record)
 
 
+def test_missing_or_broken_images_are_a_problem_of_their_row(tmp_path):
+    """They surfaced at conversion or training time without a row ("cannot identify image file
+    <_io.BytesIO object at 0x...>"), or were copied through unchecked into reward rows."""
+    jl = tmp_path / "rows.jsonl"
+    good = tmp_path / "ok.png"
+    good.write_bytes(ts.png_bytes())
+    jl.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "<image> a", "image_num": 1, "tools": [], "images": ["ok.png"]},
+        {"prompt": "<image> b", "image_num": 1, "tools": [], "images": ["missing.png"]},
+        {"prompt": "<image> c", "image_num": 1, "tools": [], "images": ["data:image/png;base64,Z2FyYmFnZQ=="]},
+    ]) + "\n")
+    with pytest.raises(TrainDataError) as info:
+        read_rows([jl])
+    assert info.value.problems == [
+        f"{jl}:2: image 0 ({tmp_path / 'missing.png'}) does not exist",
+        f"{jl}:3: image 0 cannot be read: not an image file",
+    ]
+
+
 # ------------------------------------------------------------------------------------------------
 # llmi train: the output folder, the model, multimodal data
 # ------------------------------------------------------------------------------------------------

@@ -263,6 +263,29 @@ def _resolve_image(ref: Any, base_dir: str | None) -> Any:
     return ref
 
 
+def _check_image(ref: Any, k: int) -> None:
+    """Image ``k`` of a row exists and has an image header (read lazily: nothing is decoded here)."""
+    if hasattr(ref, "convert") and hasattr(ref, "size"):
+        return  # already a PIL image (datasets decodes Image features)
+    from PIL import Image
+
+    where = f"image {k}"
+    try:
+        if isinstance(ref, str) and not ref.startswith("data:"):
+            where = f"image {k} ({ref})"
+            if not os.path.isfile(ref):
+                raise TrainDataError(f"{where} does not exist")
+            with Image.open(ref):
+                return
+        with Image.open(io.BytesIO(image_bytes(ref))):
+            return
+    except TrainDataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
+        reason = "not an image file" if "cannot identify" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise TrainDataError(f"{where} cannot be read: {reason}") from None
+
+
 def parse_record(record: Any, *, base_dir: str | None = None, origin: str = "") -> TrainRow:
     """One record of either layout as a checked :class:`TrainRow` (raises :class:`TrainDataError`)."""
     if not isinstance(record, dict):
@@ -293,6 +316,8 @@ def parse_record(record: Any, *, base_dir: str | None = None, origin: str = "") 
         raise TrainDataError(str(exc) + (_columns_hint(missing, meta) if missing else "")) from None
     split = _split(meta.get("split"))
     images = tuple(_resolve_image(r, base_dir) for r in _list(record.get("images"), "images"))
+    for k, ref in enumerate(images):
+        _check_image(ref, k)
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in prompt if m["role"] == "user")
     if placeholders and not images and record.get("images") is None:
         other = [k for k in ("image", "imgs", "input_images", "image_paths") if record.get(k) is not None]
@@ -382,7 +407,8 @@ def open_image(ref: Any, max_pixels: int | None = None):
     except TrainDataError:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
-        raise TrainDataError(f"an input image cannot be decoded: {exc}") from exc
+        reason = "not an image file" if "cannot identify" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise TrainDataError(f"an input image cannot be decoded: {reason}") from exc
     if max_pixels and img.width * img.height > max_pixels:
         scale = math.sqrt(max_pixels / (img.width * img.height))
         img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.LANCZOS)
