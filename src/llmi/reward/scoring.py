@@ -30,7 +30,7 @@ from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import ConfigError, InputError, ToolError
 from ..images import ImageData
 from ..images import load_image as _load_user_image
-from ..protocol import CLOSE_TAG, OPEN_TAG, InvalidTag, ParsedResponse, Text, ToolCall, parse_response
+from ..protocol import ParsedResponse, ToolCall, parse_response
 from .judges import JudgeClient, JudgeFailure, JudgeStats, LLMJudge, MLLMJudge
 from .rules import (
     RewardConfig,
@@ -227,13 +227,7 @@ def judged_response(parsed: ParsedResponse) -> str:
     Built from the one reading the scorer makes (the same text as :func:`llmi.protocol.strip_think`, without
     parsing the response again).
     """
-    out: list[str] = []
-    for seg in parsed.segments:
-        if isinstance(seg, Text):
-            out.append(seg.text)
-        elif isinstance(seg, (ToolCall, InvalidTag)):
-            out.append(OPEN_TAG + seg.raw + CLOSE_TAG)
-    return "".join(out)
+    return parsed.tagged_text()
 
 
 def _without_unrewarded(document: Document, slots: frozenset[int], n_tags: int) -> Document:
