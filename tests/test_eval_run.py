@@ -110,7 +110,7 @@ async def test_judge_failures_are_excluded_not_scored(tmp_path):
         if crit == "500":
             return (500, b"Internal Server Error", {"Content-Type": "text/plain"})
         if crit == "slow":
-            return ("sleep", 1.0, '{"score": 2}')
+            return ("sleep", 3.0, '{"score": 2}')
         if crit == "garbage":
             return (200, b"<html>Bad Gateway</html>", {"Content-Type": "text/html"})
         if crit == "range":
@@ -120,7 +120,8 @@ async def test_judge_failures_are_excluded_not_scored(tmp_path):
         return '{"score": 2, "justification": "fine"}'
 
     with SSEServer(policy) as llm, _judge_server(reply) as (jurl, judge):
-        summary = await run_eval(settings_for(llm.base_url, jurl, timeout_s=0.3),
+        # the timeout leaves a loaded machine time for the quick answers; the slow one is far past it
+        summary = await run_eval(settings_for(llm.base_url, jurl, timeout_s=1.0),
                                  EvalConfig("llmi-bench", tmp_path / "run", data=data))
     row = json.loads((tmp_path / "run" / "results.jsonl").read_text())
     assert row["score"] == 1.0  # only the usable criterion counts: 2 / (2 × 1)
