@@ -442,3 +442,14 @@ async def test_unicode_params_through_the_cache(tmp_path):
     doc2 = await run(resp, cache=cache)
     assert doc2.slots[0].provenance.get("cached") is True
     cache.close()
+
+
+async def test_a_cap_on_tags_per_response_keeps_later_tags_as_failures_in_their_slots():
+    resp = "".join(f"p{i} " + tag("diffusion", f"d{i}", prompt=f"img{i}") for i in range(4))
+    async with Engine(settings(), cache=False, max_tags=2) as engine:
+        doc = await engine.run_response(resp)
+    assert [b.type for b in doc.slots] == ["image", "image", "failure", "failure"]
+    assert {b.kind for b in doc.failures} == {"too_many_tags"}
+    assert "at most 2 tool calls" in doc.failures[0].reason
+    assert [b.slot for b in doc.slots] == [0, 1, 2, 3]
+    assert [c[2]["prompt"] for c in RECORD.calls] == ["img0", "img1"]  # the capped ones never ran

@@ -93,8 +93,12 @@ class Engine:
         *,
         cache: Cache | bool | None = None,
         backends: dict[tuple[str, str], Backend] | None = None,
+        max_tags: int | None = None,
     ):
         self.settings = settings if settings is not None else load_settings()
+        #: Most tool calls one response may run; later tags become ``too_many_tags`` failures (a server
+        #: sets this so that one response cannot order thousands of tool calls). ``None``: no cap.
+        self.max_tags = max_tags
         self._cache_arg = cache
         self.cache: Cache | None = None
         self._own_cache = False
@@ -560,6 +564,12 @@ class RunSession:
         return block
 
     async def _slot_block(self, seg: ToolCall | InvalidTag) -> ImageBlock | FailureBlock:
+        cap = self.engine.max_tags
+        if cap is not None and seg.index >= cap:
+            return _placed(FailureBlock(getattr(seg, "source", None) or "unknown",
+                                        f"not run: a response may run at most {cap} tool calls here",
+                                        "too_many_tags", seg.description,
+                                        dict(seg.params) if isinstance(seg, ToolCall) else {}), seg)
         if isinstance(seg, InvalidTag):
             return _placed(FailureBlock(seg.source or "unknown", seg.reason, seg.kind.value, seg.description), seg)
         input_image = None

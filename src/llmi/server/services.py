@@ -56,7 +56,7 @@ class Services:
 
         self.store.mark_interrupted()
         if engine is None:
-            engine = await self._stack.enter_async_context(Engine(self.settings))
+            engine = await self._stack.enter_async_context(Engine(self.settings, max_tags=self.server.max_tags))
         self.engine = engine
         if llm is None:
             llm = create_llm(self.settings.llm)

@@ -42,8 +42,9 @@ class ServerSettings(BaseModel):
     keep_in_memory_mb: float = Field(256.0, ge=0, description="image bytes those finished runs may hold in memory, "
                                                               "in MiB (older ones are read from disk)")
     max_reward_rows: int = Field(256, ge=1, description="rows per /api/reward request")
-    max_tags: int = Field(64, ge=1, description="most image tags one written response may run (/api/render, each "
-                                                 "/api/reward row); more is 413")
+    max_tags: int = Field(64, ge=1, description="most image tags one response may run: a written one "
+                                                 "(/api/render, each /api/reward row) with more is 413; a generated "
+                                                 "one keeps the rest as 'too_many_tags' failures")
     max_tts_n: int = Field(8, ge=1, description="most test-time scaling candidates a request may ask for "
                                                  "(options.tts.n; tts = true uses the [tts] table as configured)")
     max_run_s: float = Field(3600.0, gt=0, description="a run still going after this many seconds is cancelled")
