@@ -18,7 +18,8 @@ def test_every_kind_of_reference_loads(tmp_path):
     from PIL import Image
 
     refs = [png, bytearray(png), str(tmp_path / "a.png"), tmp_path / "a.png", "a.png",
-            "data:image/png;base64," + base64.b64encode(png).decode(), Image.new("RGB", (7, 5))]
+            "data:image/png;base64," + base64.b64encode(png).decode(), Image.new("RGB", (7, 5)),
+            memoryview(png), {"bytes": png, "path": None}, {"bytes": None, "path": "a.png"}]
     got = [load_image(r, base_dir=tmp_path) for r in refs]
     assert all(isinstance(g, ImageData) and (g.width, g.height) == (7, 5) for g in got)
     same = ImageData.from_bytes(png)
@@ -35,6 +36,7 @@ def test_every_kind_of_reference_loads(tmp_path):
     ("data:image/png,abc", "must be base64-encoded"),
     ("data:image/png;base64,@@@", "bad base64"),
     (12, "must be a path, a data URI or image bytes"),
+    ({"bytes": None, "path": ""}, "neither bytes nor a path"),
 ])
 def test_each_unusable_image_is_one_line_naming_it(ref, words):
     with pytest.raises(InputError) as info:

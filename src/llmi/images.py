@@ -185,7 +185,8 @@ def load_image(
     label: str | None = None,
 ) -> ImageData:
     """A user image from an :class:`ImageData`, raw bytes, a file path (``str`` or path-like, relative
-    paths resolved against ``base_dir``), a ``data:`` URI or a PIL image.
+    paths resolved against ``base_dir``), a ``data:`` URI, a PIL image or a ``{"bytes"|"path"}`` entry
+    (an image column of a Hugging Face / parquet row).
 
     Raises :class:`~llmi.errors.InputError` with a one-line reason that names the image (``label``, else
     the path or "image"): a missing file, a folder, a device, a file above ``max_bytes``, an empty file, a
@@ -194,15 +195,23 @@ def load_image(
     """
     import base64
     import os
+    from pathlib import Path
 
     from .errors import InputError
 
     if isinstance(ref, ImageData):
         return ref
+    if isinstance(ref, dict):
+        if ref.get("bytes"):
+            ref = bytes(ref["bytes"])
+        elif ref.get("path"):
+            ref = Path(ref["path"])
+        else:
+            raise InputError("an image entry has neither bytes nor a path")
     kw = {"max_pixels": max_pixels} if max_pixels else {}
     name = label
     try:
-        if isinstance(ref, (bytes, bytearray)):
+        if isinstance(ref, (bytes, bytearray, memoryview)):
             name = name or "(bytes)"
             data = bytes(ref)
         elif isinstance(ref, str) and ref.startswith("data:"):

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Iterable, Sequence, TypeVar
 
-from ..errors import InputError, ToolError
-from ..images import ImageData
+from ..errors import InputError
+from ..images import ImageData, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..document import Document
@@ -264,27 +264,6 @@ class Benchmark(ABC):
 # ------------------------------------------------------------------------------------------------
 # Helpers shared by the benchmarks
 # ------------------------------------------------------------------------------------------------
-
-
-def load_image(ref: ImageRef) -> ImageData:
-    """An input image from a path, a ``data:`` URI, bytes, a PIL image, a ``{"bytes"|"path"}`` dict (Hugging
-    Face / parquet rows) or an :class:`ImageData`. Raises :class:`InputError` naming the image."""
-    from ..images import load_image as load_user_image
-
-    if isinstance(ref, ImageData):
-        return ref
-    if isinstance(ref, dict):
-        if ref.get("bytes"):
-            return load_image(bytes(ref["bytes"]))
-        if ref.get("path"):
-            return load_image(Path(ref["path"]))
-        raise InputError("an image entry has neither bytes nor a path")
-    if isinstance(ref, memoryview):
-        ref = bytes(ref)
-    try:
-        return load_user_image(ref)
-    except ToolError as exc:
-        raise InputError(f"input image {str(ref)[:120]} is not usable: {exc}") from None
 
 
 def resolve_path(ref: str | os.PathLike, data: Path | None) -> Path:

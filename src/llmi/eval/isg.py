@@ -46,7 +46,7 @@ from typing import Any, Iterable
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import InputError, ToolError
-from ..images import ImageData
+from ..images import ImageData, load_image
 from .base import (
     Benchmark,
     CallFailed,
@@ -56,7 +56,6 @@ from .base import (
     Output,
     Verdict,
     gather_calls,
-    load_image,
     mean,
     read_jsonl,
 )

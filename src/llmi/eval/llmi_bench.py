@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import InputError
+from ..images import load_image
 from .base import (
     Benchmark,
     CallFailed,
@@ -40,7 +41,6 @@ from .base import (
     Verdict,
     gather_calls,
     image_markers,
-    load_image,
     read_text,
     resolve_image_ref,
     resolve_path,

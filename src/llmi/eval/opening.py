@@ -41,7 +41,7 @@ from typing import Any, Iterable
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import InputError, ToolError
-from ..images import ImageData
+from ..images import ImageData, load_image
 from .base import (
     Benchmark,
     CallFailed,
@@ -50,7 +50,6 @@ from .base import (
     Judged,
     Output,
     Verdict,
-    load_image,
     mean,
     read_jsonl,
     read_text,
