@@ -391,3 +391,27 @@ def test_judges_going_down_stop_the_run_with_one_line_and_resume_continues(tmp_p
         assert _train_cli(*common, "--max-steps", "4", "--resume").exit_code == 0
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_summary_counts_prompt_tokens_with_the_training_system_prompt(tmp_path):
+    """`llmi data summary --tokenizer` counted the stored prompts only, a few tokens, while llmi train's
+    max_prompt_length counts them with its system prompt (hundreds): no help choosing the limit."""
+    from typer.testing import CliRunner
+
+    from llmi.cli import app
+
+    model = tmp_path / "m"  # the tokenizer is all a summary loads
+    fast, _ = ts._tokenizer(ts.WORDS, ["<unk>", "<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"])
+    fast.chat_template = ts.TEMPLATE
+    fast.save_pretrained(model)
+    data = ts.write_parquet(tmp_path / "train.parquet", ts.llmi_rows(2))
+    cfg = tmp_path / "llmi.toml"
+    cfg.write_text("[cache]\nenabled = false\n")
+
+    def p50(*extra):
+        r = CliRunner().invoke(app, ["data", "summary", str(data), "--tokenizer", str(model), "--json", *extra])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["prompt_length"]["p50"]
+
+    stored, with_system = p50(), p50("--system-prompt", "llmi", "--config", str(cfg))
+    assert stored < 10 < 100 < with_system

@@ -80,15 +80,22 @@ def convert(
 def summary(
     inputs: List[str] = typer.Argument(..., help="input files (.parquet, .jsonl, .json) or hf://datasets/..."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="count prompt tokens with this model's chat template"),
+    system_prompt: str = typer.Option(
+        "keep", "--system-prompt", help="keep (the prompts as stored), llmi (with llmi's built-in prompt for the "
+        "configured tools, which llmi train puts in by default and its max_prompt_length counts) or a file"),
+    config: Optional[Path] = typer.Option(None, "--config", help="llmi TOML (the tools the system prompt advertises)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Rows, the image-count rule mix, the tools mix, splits and prompt-length percentiles."""
     setup_logging(verbose)
     from ..train.data import format_summary, read_rows, summarize
+    from ..train.prepare import apply_system_prompt
 
     with errors_as_exit():
         rows = read_rows(inputs)
+        if system_prompt != "keep":
+            rows = apply_system_prompt(rows, _system(system_prompt, config))
         count = None
         if tokenizer:
             from ..train.prepare import token_counter
