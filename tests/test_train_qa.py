@@ -415,3 +415,11 @@ def test_summary_counts_prompt_tokens_with_the_training_system_prompt(tmp_path):
 
     stored, with_system = p50(), p50("--system-prompt", "llmi", "--config", str(cfg))
     assert stored < 10 < 100 < with_system
+
+
+def test_a_tool_set_is_one_set_whatever_the_order_its_tools_are_listed_in():
+    from llmi.train.data import summarize
+
+    rows = [parse_record({"prompt": "x", "image_num": 0, "tools": t}) for t in
+            (["search", "diffusion"], ["diffusion", "search"], ["code"])]
+    assert summarize(rows)["tool_sets"] == {"diffusion+search": 2, "code": 1}

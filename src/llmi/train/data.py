@@ -597,7 +597,7 @@ def summarize(rows: Sequence[TrainRow], *, count_tokens=None) -> dict[str, Any]:
         "rows": len(rows),
         "image_rule": dict(Counter(image_rule(r.image_num) for r in rows).most_common()),
         "tools": dict(Counter(t for r in rows for t in r.tools).most_common()),
-        "tool_sets": dict(Counter("+".join(r.tools) or "(none)" for r in rows).most_common(8)),
+        "tool_sets": dict(Counter("+".join(sorted(r.tools)) or "(none)" for r in rows).most_common(8)),
         "splits": dict(Counter(r.split for r in rows).most_common()),
         "data_sources": dict(Counter(r.data_source for r in rows).most_common()),
         "rows_with_images": sum(bool(r.images) for r in rows),
