@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import json
+import os
 import sys
 import types
 from dataclasses import dataclass, field
@@ -258,7 +260,7 @@ def test_the_launch_writes_verl_data_and_a_ray_job_submit_script(tmp_path):
     assert "RAY_ADDRESS:?" in script and launch.script.stat().st_mode & 0o100
     import subprocess
 
-    assert subprocess.run(["bash", "-n", str(launch.script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(launch.script)], check=False).returncode == 0
     assert json.loads((tmp_path / "run" / "verl_overrides.json").read_text()) == o
 
 
@@ -268,7 +270,7 @@ def test_llmi_train_backend_verl_writes_the_launch(tmp_path, judges, monkeypatch
     from llmi.cli import app
 
     model = ts.build_text_model(tmp_path / "m")
-    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0], train='nnodes = 4\ngpus_per_node = 2\n[train.verl]\n'
+    ts.write_config(tmp_path / "llmi.toml", judges[0], train='nnodes = 4\ngpus_per_node = 2\n[train.verl]\n'
                                                                   '"trainer.project_name" = "mine"')
     data = ts.write_parquet(tmp_path / "d.parquet", ts.llmi_rows(4))
     val = ts.write_parquet(tmp_path / "v.parquet", ts.llmi_rows(2))
@@ -309,6 +311,8 @@ VERL_MISSING = "verl 0.9.1 is not installed here (it pins transformers < 5.11); 
 @pytest.fixture
 def real_verl():
     if importlib.util.find_spec("verl") is None:
+        if os.environ.get("LLMI_REQUIRE_VERL"):  # scripts/verl_check.sh: a skip there would hide a broken install
+            pytest.fail("LLMI_REQUIRE_VERL is set but verl is not importable")
         pytest.skip(VERL_MISSING)
     import verl  # an installed verl that does not import is a failure, not a skip
 
@@ -340,8 +344,6 @@ def save_tiny_vlm_tokenizer(path):
 def verl_config(overrides, extra=()):
     """verl 0.9.1's ppo_trainer config with these overrides, as `python -m verl.trainer.main_ppo K=V ...` builds
     it (Hydra refuses an unknown key without `+`, a bad value, a bad type)."""
-    import os
-
     import verl
     from hydra import compose, initialize_config_dir
 
@@ -417,6 +419,29 @@ def verl_batch(run, worker):
     dataset = RLHFDataset([str(run.launch.train_file)], tokenizer=worker.input_tokenizer, config=run.config.data,
                           processor=run.processor)
     return DataProto.from_single_dict(collate_fn([dataset[i] for i in range(len(dataset))]))
+
+
+PROMPT_LEN, RESPONSE_LEN = 12, 6
+
+
+def rollout_batch(prompts, tok):
+    """The step's batch as verl's agent loop returns it: left-padded prompts, right-padded responses."""
+    from verl import DataProto
+
+    P, R = PROMPT_LEN, RESPONSE_LEN
+    rows = {"prompts": [], "responses": [], "attention_mask": []}
+    for i in range(len(prompts)):
+        extra = prompts.non_tensor_batch["extra_info"][i]
+        p = tok.apply_chat_template(list(prompts.non_tensor_batch["raw_prompt"][i]), add_generation_prompt=True,
+                                    tokenize=True)
+        p = list(p["input_ids"] if hasattr(p, "keys") else p)[-P:]
+        r = tok(response_for(extra) if extra.get("tools") is not None else RESPONSES["none"],
+                add_special_tokens=False)["input_ids"][:R]
+        rows["prompts"].append([tok.pad_token_id] * (P - len(p)) + p)
+        rows["responses"].append(r + [tok.pad_token_id] * (R - len(r)))
+        rows["attention_mask"].append([0] * (P - len(p)) + [1] * (len(p) + len(r)) + [0] * (R - len(r)))
+    return DataProto.from_dict(tensors={k: torch.tensor(v) for k, v in rows.items()},
+                               non_tensors=dict(prompts.non_tensor_batch))
 
 
 def test_real_verl_registers_the_manager_and_loads_it_from_the_launch(real_verl, verl_run):
@@ -502,27 +527,11 @@ def test_real_verl_reward_loop_scores_each_trajectory_as_the_agent_loop_sends_it
 def test_real_verl_batch_reward_path_chunks_scores_and_assembles(real_verl, verl_run):
     """The colocated reward-model path: the driver pads and chunks the step's batch over the reward workers
     (compute_score_batch) and places each score on the last response token (assemble_rm_scores)."""
-    from verl import DataProto
     from verl.experimental.reward_loop import RewardLoopWorker
     from verl.protocol import pad_dataproto_to_divisor
 
     worker = RewardLoopWorker(verl_run.config)
-    prompts = verl_batch(verl_run, worker)
-    tok = worker.input_tokenizer
-    P, R = 12, 6
-    rows = {"prompts": [], "responses": [], "attention_mask": []}
-    for i in range(len(prompts)):
-        extra = prompts.non_tensor_batch["extra_info"][i]
-        p = tok.apply_chat_template(list(prompts.non_tensor_batch["raw_prompt"][i]), add_generation_prompt=True,
-                                    tokenize=True)
-        p = list(p["input_ids"] if hasattr(p, "keys") else p)[-P:]
-        r = tok(response_for(extra) if extra.get("tools") is not None else "the river",
-                add_special_tokens=False)["input_ids"][:R]
-        rows["prompts"].append([tok.pad_token_id] * (P - len(p)) + p)  # left-padded prompts
-        rows["responses"].append(r + [tok.pad_token_id] * (R - len(r)))  # right-padded responses
-        rows["attention_mask"].append([0] * (P - len(p)) + [1] * (len(p) + len(r)) + [0] * (R - len(r)))
-    data = DataProto.from_dict(tensors={k: torch.tensor(v) for k, v in rows.items()},
-                               non_tensors=dict(prompts.non_tensor_batch))
+    data = rollout_batch(verl_batch(verl_run, worker), worker.input_tokenizer)
     padded, pad = pad_dataproto_to_divisor(data, 3)  # three reward workers
 
     async def score():
@@ -536,8 +545,8 @@ def test_real_verl_batch_reward_path_chunks_scores_and_assembles(real_verl, verl
     assert pad == 2 and len(outs) == 4
     scores = [o["reward_score"] for o in outs]
     rm = worker.reward_manager.assemble_rm_scores(data, scores)
-    valid = data.batch["attention_mask"][:, P:].sum(dim=1)
-    assert rm.shape == (4, R)
+    valid = data.batch["attention_mask"][:, PROMPT_LEN:].sum(dim=1)
+    assert rm.shape == (4, RESPONSE_LEN)
     assert [rm[i, valid[i] - 1].item() for i in range(4)] == pytest.approx(scores)
     assert rm.sum().item() == pytest.approx(sum(scores))
     extra = {k: np.array([o["reward_extra_info"][k] for o in outs]) for k in outs[0]["reward_extra_info"]}
@@ -585,3 +594,35 @@ def test_real_verl_compute_score_through_the_naive_manager(real_verl, verl_run):
     info = out.extra_fields["reward_extra_info"]
     assert 0 < out.reward_score <= 1 and info["score"] == out.reward_score
     assert info["tool_success/code"] == 1.0 and info["dropped"] == 0.0
+
+
+@pytest.mark.slow
+def test_real_verl_reward_loop_manager_on_a_local_ray_cluster(real_verl, verl_run):
+    """verl's RewardLoopManager with two reward-loop actors on a local Ray, the working directory shipped
+    as `ray job submit --working-dir .` does (the actors read the relative llmi.toml from it)."""
+    import ray
+    from transformers import AutoTokenizer
+    from verl import DataProto
+    from verl.experimental.reward_loop import RewardLoopManager
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    config = verl_config(verl_run.launch.overrides, ["reward.num_workers=2"])
+    tok = AutoTokenizer.from_pretrained(verl_run.tmp / "model")
+    dataset = RLHFDataset([str(verl_run.launch.train_file)], tokenizer=tok, config=config.data,
+                          processor=verl_run.processor)
+    data = rollout_batch(DataProto.from_single_dict(collate_fn([dataset[i] for i in range(len(dataset))])), tok)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"working_dir": str(verl_run.tmp), "excludes": ["model/", "run/", "*.parquet"]})
+    try:
+        manager = RewardLoopManager(config)
+        assert manager.reward_manager_cls is real_verl.LLMIRewardManager and manager.reward_loop_worker_handles
+        out = manager.compute_rm_score(data)  # padded to 2 workers, chunked, scored in the actors
+    finally:
+        ray.shutdown()
+    rm = out.batch["rm_scores"]
+    scores = out.non_tensor_batch["score"]
+    assert rm.shape == (4, RESPONSE_LEN) and rm.sum(dim=1).tolist() == pytest.approx(scores.tolist(), rel=1e-6)
+    assert out.meta_info["reward_extra_keys"][0] == "score"
+    assert out.non_tensor_batch["dropped"].tolist().count(1.0) == 1  # the row without image_num / tools
+    assert out.non_tensor_batch["tool_success/edit"].sum() == 1.0 and out.non_tensor_batch["tool_success/code"].sum() >= 1
+    assert sum(s > 0 for s in scores.tolist()) == 3
