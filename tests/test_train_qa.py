@@ -423,3 +423,23 @@ def test_a_tool_set_is_one_set_whatever_the_order_its_tools_are_listed_in():
     rows = [parse_record({"prompt": "x", "image_num": 0, "tools": t}) for t in
             (["search", "diffusion"], ["diffusion", "search"], ["code"])]
     assert summarize(rows)["tool_sets"] == {"diffusion+search": 2, "code": 1}
+
+
+def test_trainer_options_of_the_wrong_type_are_named_before_anything_runs():
+    """`--set learning_rate=abc` (or a quoted TOML value) reached the optimizer after the model loaded:
+    TypeError: '<=' not supported between instances of 'float' and 'str'."""
+    from llmi.train import recipes
+    from llmi.train.errors import RecipeError
+    from llmi.train.settings import TrainSettings
+
+    known = recipes.trainer_fields()
+    with pytest.raises(RecipeError, match=r"learning_rate = 'abc' \(from a flag\): TRL's GRPOConfig wants float"):
+        recipes.resolve("llmi-grpo", flags={"learning_rate": "abc"}, known_trainer=known)
+    with pytest.raises(RecipeError, match=r"gradient_checkpointing = 'yes' \(from \[train\]\).*bool"):
+        recipes.resolve("llmi-grpo", TrainSettings(gradient_checkpointing="yes"), known_trainer=known)
+    # numbers and booleans written as text are read as such; lists and None stay as they are
+    r = recipes.resolve("llmi-grpo", TrainSettings(learning_rate="3e-6", num_generations=4.0, use_vllm="false",
+                                                   report_to=["wandb"], epsilon_high=None), known_trainer=known)
+    t = r.trainer
+    assert t["learning_rate"] == 3e-6 and t["num_generations"] == 4 and isinstance(t["num_generations"], int)
+    assert t["use_vllm"] is False and t["report_to"] == ["wandb"] and t["epsilon_high"] is None

@@ -286,6 +286,7 @@ def resolve(
                 f"unknown recipe field {k!r} (from {sources[k]}): neither an llmi [train] field nor a TRL "
                 f"GRPOConfig option{_suggest(k, set(known_trainer) | llmi_names)}"
             )
+        trainer = check_trainer_values(trainer, sources)
     try:
         merged = TrainSettings.model_validate({**settings.model_dump(exclude=set(settings.trainer_options())), **llmi,
                                                "recipe": recipe.name})
@@ -299,6 +300,87 @@ def resolve(
     verl = dict(recipe.verl)
     verl.update(settings.verl)
     return Resolved(recipe=recipe, trainer=trainer, llmi=merged, reward=reward_cfg, verl=verl)
+
+
+_NO = object()
+
+
+def _accepts(kind: Any, value: Any) -> bool:
+    import enum
+    import typing
+
+    origin = typing.get_origin(kind)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if kind is list or origin is list:
+        args = typing.get_args(kind)
+        return isinstance(value, list) and (not args or all(_accepts(args[0], v) for v in value))
+    if kind is dict or origin is dict:
+        return isinstance(value, dict)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return isinstance(value, kind) or value in {m.value for m in kind}
+    return True  # a type llmi does not check: the trainer decides
+
+
+def _from_text(kind: Any, value: str) -> Any:
+    try:
+        if kind is float:
+            return float(value)
+        if kind is int:
+            return int(value)
+    except ValueError:
+        return _NO
+    if kind is bool and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return _NO
+
+
+def _kind_name(kinds: tuple[Any, ...]) -> str:
+    return " or ".join("None" if k is type(None) else getattr(k, "__name__", None) or str(k) for k in kinds)
+
+
+def check_trainer_values(trainer: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The trainer options checked against the types of TRL's ``GRPOConfig`` fields (a value of the wrong
+    type reached the optimizer after the model had loaded: ``'<=' not supported between float and str``).
+    A number or boolean written as text (``learning_rate = "1e-6"``) is read as one; anything else of the
+    wrong type is a :class:`RecipeError` naming the option. Without TRL the options pass unchecked."""
+    import types
+    import typing
+
+    try:
+        from trl import GRPOConfig
+
+        hints = typing.get_type_hints(GRPOConfig)
+    except Exception:  # noqa: BLE001 - no TRL, or annotations it cannot resolve
+        return dict(trainer)
+    out: dict[str, Any] = {}
+    for key, value in trainer.items():
+        hint = hints.get(key)
+        if hint is None:
+            out[key] = value
+            continue
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if any(_accepts(k, value) for k in kinds):
+            out[key] = value
+            continue
+        converted = _NO
+        if isinstance(value, str):
+            converted = next((c for c in (_from_text(k, value) for k in kinds) if c is not _NO), _NO)
+        elif isinstance(value, float) and value.is_integer() and int in kinds:
+            converted = int(value)
+        if converted is _NO:
+            where = f" (from {sources[key]})" if sources and key in sources else ""
+            raise RecipeError(f"{key} = {value!r}{where}: TRL's GRPOConfig wants {_kind_name(kinds)}")
+        out[key] = converted
+    return out
 
 
 def _check_reward(values: Mapping[str, Any]) -> None:
