@@ -198,6 +198,7 @@ def load_image(
     from pathlib import Path
 
     from .errors import InputError
+    from .files import read_capped
 
     if isinstance(ref, ImageData):
         return ref
@@ -229,7 +230,7 @@ def load_image(
             full = os.path.expanduser(path)
             if base_dir is not None and not os.path.isabs(full):
                 full = os.path.join(os.fspath(base_dir), full)
-            data = _read_file(full, name, max_bytes)
+            data = read_capped(full, f"input image {name}", max_bytes)
         elif hasattr(ref, "save") and hasattr(ref, "width"):  # a PIL image (TRL vision datasets)
             return ImageData.from_pil(ref)
         else:
@@ -242,37 +243,6 @@ def load_image(
     except ToolError as exc:
         reason = " ".join(str(exc).split())
         raise InputError(f"input image {name or 'image'} is not usable: {reason}") from None
-
-
-def _read_file(path: str, name: str, limit: int) -> bytes:
-    """A regular file (or a pipe), never more than ``limit`` bytes: a folder, a device such as /dev/zero
-    or a runaway file is refused with a reason instead of hanging or filling memory."""
-    import os
-    import stat
-
-    from .errors import InputError
-
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"input image {name} does not exist") from None
-    except OSError as exc:
-        raise InputError(f"cannot read input image {name}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"input image {name} is a folder, not a file")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        raise InputError(f"input image {name} is not a regular file")
-    if st.st_size > limit:
-        raise InputError(f"input image {name} is too large ({st.st_size / 2**20:.0f} MiB; the limit is "
-                         f"{limit // 2**20} MiB)")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read input image {name}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise InputError(f"input image {name} is too large (the limit is {limit // 2**20} MiB)")
-    return data
 
 
 def load_images(items, *, base_dir=None, max_pixels: int | None = None) -> list[ImageData]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import stat
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..errors import ConfigError, InputError, LLMIError
+from ..files import read_capped
 
 #: Progress, tool lines and errors go to stderr; stdout stays free for the document text.
 console = Console(stderr=True)
@@ -97,33 +97,6 @@ def load(config: Path | None, overrides: dict[str, Any] | None = None):
     return load_settings(config, overrides=overrides)
 
 
-def _read_capped(path: Path, what: str, limit: int) -> bytes:
-    """Read a regular file (or a pipe) but never more than ``limit`` bytes: a directory, a device such as
-    /dev/zero or a runaway file is refused with a reason instead of hanging or filling memory."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{what} {path} is a folder, not a file")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        raise InputError(f"{what} {path} is not a regular file")
-    if st.st_size > limit:
-        raise InputError(
-            f"{what} {path} is too large ({st.st_size / 2**20:.0f} MiB; the limit is {limit // 2**20} MiB)"
-        )
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise InputError(f"{what} {path} is too large (the limit is {limit // 2**20} MiB)")
-    return data
-
-
 def read_images(paths: list[Path] | None) -> list:
     """Read and validate the user's input images (an unreadable one is an InputError): the one loader,
     :func:`llmi.images.load_image`, with the CLI's size cap."""
@@ -142,7 +115,7 @@ def read_text(path: Path) -> str:
         if len(data) > MAX_RESPONSE_BYTES:
             raise InputError(f"{where} is too large (the limit is {MAX_RESPONSE_BYTES // 2**20} MiB)")
     else:
-        data = _read_capped(path, "response file", MAX_RESPONSE_BYTES)
+        data = read_capped(path, f"response file {path}", MAX_RESPONSE_BYTES)
         where = f"response file {path}"
     if b"\x00" in data:
         raise InputError(f"{where} is binary, not text (it contains NUL bytes)")

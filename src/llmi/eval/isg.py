@@ -460,7 +460,7 @@ class ISGBench(Benchmark):
                 idx = by_sha.get(value.sha256, k)
                 path = run.image_path(item.id, idx, value.mime)
                 if not path.exists():
-                    from .store import atomic_write
+                    from ..files import atomic_write
 
                     atomic_write(path, value.data)
                 out.append({"type": "image", "content": str(path.resolve())})
@@ -468,7 +468,7 @@ class ISGBench(Benchmark):
         return out
 
     def finalize(self, run: Any, items: list[Item], rows: dict[str, dict[str, Any]]) -> list[Path]:
-        from .store import atomic_write
+        from ..files import atomic_write
 
         plain, judged = [], []
         for item in items:

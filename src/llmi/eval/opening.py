@@ -361,7 +361,8 @@ class OpenING(Benchmark):
         return run.root / "gen_outputs" / f"{self.model_name}_output"
 
     def write_item(self, run: Any, item: Item, document: Document, judged: Judged | None = None) -> None:
-        from .store import atomic_write, write_json
+        from ..files import atomic_write
+        from .store import write_json
 
         folder = self.output_dir(run)
         steps_out = []

@@ -88,7 +88,7 @@ def _png(fig, path: Path) -> bytes:
     fig.savefig(buf, format="png")
     data = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .store import atomic_write
+    from ..files import atomic_write
 
     atomic_write(path, data)
     return data
@@ -306,7 +306,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _atomic(path: Path, text: str) -> None:
-    from .store import atomic_write
+    from ..files import atomic_write
 
     atomic_write(path, text)
 

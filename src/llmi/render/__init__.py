@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from ..document import Document
 from ..errors import InputError
+from ..files import atomic_write
 from .html import render_html, render_html_fragment
 from .json import render_json
 from .markdown import render_markdown
@@ -30,34 +30,6 @@ __all__ = [
 FORMATS = {".html": "html", ".htm": "html", ".md": "markdown", ".json": "json"}
 
 _OUR_ASSET = re.compile(r"^image-\d+\.[a-z]+$")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder so a reader never sees half a file. The file gets
-    the mode a plain ``open()`` would give it (mkstemp's 0600 would hide it from a web server)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _encode(text: str) -> bytes:
-    # Lone surrogates (possible in broken model output) cannot be UTF-8; show them as U+FFFD.
-    return text.encode("utf-8", "replace")
 
 
 def write_document(
@@ -81,14 +53,14 @@ def write_document(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "html":
-            _atomic_write(path, _encode(render_html(doc, prompt=prompt, title=title)))
+            atomic_write(path, render_html(doc, prompt=prompt, title=title))
         elif fmt == "json":
             text = render_json(doc)
             try:
                 data = text.encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates: \u escapes keep the JSON lossless and valid
                 data = render_json(doc, ensure_ascii=True).encode("ascii")
-            _atomic_write(path, data)
+            atomic_write(path, data)
         else:
             assets_name = f"{path.stem}_assets"
             text, files = render_markdown(doc, assets_dir=assets_name, prompt=prompt, title=title)
@@ -101,8 +73,8 @@ def write_document(
                     if _OUR_ASSET.match(old.name) and old.name not in keep and old.is_file():
                         old.unlink()
             for rel, data in files.items():
-                _atomic_write(path.parent / rel, data)
-            _atomic_write(path, _encode(text))
+                atomic_write(path.parent / rel, data)
+            atomic_write(path, text)
     except OSError as exc:
         raise InputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     return path

@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
+from ..files import atomic_write
 from ..images import ImageData
 from ..render.markdown import EXTENSIONS
 
@@ -90,21 +90,6 @@ def valid_run_id(run_id: str) -> bool:
     return bool(_RUN_ID.match(run_id))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _ext(mime: str) -> str:
     return EXTENSIONS.get((mime or "").lower(), "bin")
 
@@ -120,7 +105,7 @@ class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         # Prompts and documents are private: the folders this creates, and the index, are the owner's only
-        # (files under runs/ are written through mkstemp, 0600, already).
+        # (files under runs/ are written 0600 by atomic_write).
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.root / "runs").mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.root / "runs", 0o700)
@@ -218,7 +203,7 @@ class Store:
     def save_inputs(self, run_id: str, images: list[ImageData]) -> None:
         folder = self.run_dir(run_id) / "inputs"
         for i, img in enumerate(images):
-            _write_atomic(folder / f"input-{i}.{_ext(img.mime)}", img.data)
+            atomic_write(folder / f"input-{i}.{_ext(img.mime)}", img.data, mode=0o600)
 
     def save_document(self, run_id: str, doc: Document, *, events: list[dict] | None = None,
                       extra: dict[str, Any] | None = None) -> None:
@@ -228,19 +213,19 @@ class Store:
         for slot, block in enumerate(slot_blocks(doc)):
             if isinstance(block, ImageBlock):
                 rel = f"images/slot-{slot}.{_ext(block.mime)}"
-                _write_atomic(folder / rel, block.data)
+                atomic_write(folder / rel, block.data, mode=0o600)
                 paths.append(rel)
         d = doc.to_dict(image_paths=paths)
         d.pop("input_images", None)  # kept as files under inputs/
         if extra:
             d["llmi_server"] = extra
-        _write_atomic(folder / "document.json", json.dumps(d, ensure_ascii=False).encode("utf-8", "replace"))
+        atomic_write(folder / "document.json", json.dumps(d, ensure_ascii=False), mode=0o600)
         if events is not None:
             self.save_events(run_id, events)
 
     def save_events(self, run_id: str, events: list[dict]) -> None:
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events)
-        _write_atomic(self.run_dir(run_id) / "events.jsonl", lines.encode("utf-8", "replace"))
+        atomic_write(self.run_dir(run_id) / "events.jsonl", lines, mode=0o600)
 
     def load_events(self, run_id: str) -> list[dict]:
         try:
