@@ -123,6 +123,13 @@ def test_wrong_column_names_are_named(record, message):
         parse_record(record)
 
 
+@pytest.mark.parametrize("prompt", ["", "  \n", [{"role": "system", "content": "s"}, {"role": "user", "content": " "}]])
+def test_an_empty_prompt_is_refused(prompt):
+    """An empty prompt was trained on, its judges asked about an empty question."""
+    with pytest.raises(TrainDataError, match="the prompt's user text is empty"):
+        parse_record({"prompt": prompt, "image_num": 1, "tools": []})
+
+
 def test_missing_or_broken_images_are_a_problem_of_their_row(tmp_path):
     """They surfaced at conversion or training time without a row ("cannot identify image file
     <_io.BytesIO object at 0x...>"), or were copied through unchecked into reward rows."""

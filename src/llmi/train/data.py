@@ -197,6 +197,8 @@ def _chat(prompt: Any) -> tuple[dict[str, str], ...]:
         out.append({"role": role, "content": text})
     if not any(m["role"] == "user" for m in out):
         raise TrainDataError("the prompt has no user message")
+    if not any(m["content"].strip() for m in out if m["role"] == "user"):
+        raise TrainDataError("the prompt's user text is empty: there is nothing to answer")
     return tuple(out)
 
 
