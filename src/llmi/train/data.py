@@ -181,6 +181,8 @@ def _content_text(content: Any) -> tuple[str, int]:
 
 def _chat(prompt: Any) -> tuple[dict[str, str], ...]:
     if isinstance(prompt, str):
+        if not prompt.strip():
+            raise TrainDataError("the prompt's user text is empty: there is nothing to answer")
         return ({"role": "user", "content": prompt},)
     if hasattr(prompt, "tolist"):  # numpy arrays from pandas/pyarrow
         prompt = prompt.tolist()
