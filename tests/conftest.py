@@ -3,13 +3,15 @@
 - ``serve``: real loopback HTTP servers whose handler a test sets (the image backend tests);
 - ``ctx``: a :class:`~llmi.tools.base.BackendContext` with a real ``httpx`` client and a fetcher that
   allows loopback addresses;
-- ``judge_server``: a fake OpenAI-compatible judge endpoint (the judge, scoring and ``llmi reward`` tests).
+- ``judge_server``: a fake OpenAI-compatible judge endpoint (the judge, scoring and ``llmi reward`` tests);
+- ``browser``: Debian chromium driven by Playwright (the ``browser``-marked tests; see ``helpers.Watch``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 import time
 from typing import Callable, Iterator
@@ -148,3 +150,28 @@ def _judge_server(reply, models=None) -> Iterator[tuple[str, JudgeServer]]:
 def judge_server():
     """``with judge_server(reply, models=None) as (base_url, server):`` — see :class:`JudgeServer`."""
     return _judge_server
+
+
+# ------------------------------------------------------------------------------------------------
+# A real browser
+# ------------------------------------------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through Playwright, one per test module. Skipped with the reason when
+    chromium or the playwright package is missing (CI installs chromium with apt; ``playwright install``
+    is never used)."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

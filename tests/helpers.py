@@ -105,3 +105,26 @@ def dispatch(routes: dict, path: str, req: Request, handler: BaseHTTPRequestHand
     else:
         status, body, ctype, headers = route
         send(handler, status, body, ctype, headers)
+
+
+class Watch:
+    """Everything a browser page did that it should not have: dialogs, requests, script errors and the
+    Content-Security-Policy reports chromium logs to the console (see the ``browser`` fixture)."""
+
+    def __init__(self, page):
+        self.dialogs: list[str] = []
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.csp_reports: list[str] = []
+        page.on("dialog", self._dialog)
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("console", self._console)
+
+    def _dialog(self, dialog):
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def _console(self, msg):
+        if "Content Security Policy" in msg.text:
+            self.csp_reports.append(msg.text)

@@ -9,66 +9,18 @@ and checks the page's Content-Security-Policy blocks it.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from llmi.document import Document, FailureBlock, ImageBlock, TextBlock
 from llmi.images import ImageData
 from llmi.render import write_document
 
-from .helpers import loopback_server, make_jpeg, make_png, send
+from .helpers import Watch, loopback_server, make_jpeg, make_png, send
 from .hostile import HOSTILE, hostile_document
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = "/tmp/llmi_render.png"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class Watch:
-    """Everything a page did that it should not have."""
-
-    def __init__(self, page):
-        self.dialogs: list[str] = []
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.csp_reports: list[str] = []
-        page.on("dialog", self._dialog)
-        page.on("request", lambda r: self.requests.append(r.url))
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("console", self._console)
-
-    def _dialog(self, dialog):
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    def _console(self, msg):
-        if "Content Security Policy" in msg.text:
-            self.csp_reports.append(msg.text)
-
-
 def _open(browser, path, *, color_scheme="light"):
     context = browser.new_context(color_scheme=color_scheme, java_script_enabled=True)
     page = context.new_page()

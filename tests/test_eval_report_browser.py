@@ -16,9 +16,8 @@ from llmi.eval.runner import build_summary
 from llmi.eval.store import RunFolder
 from llmi.images import ImageData
 
-from .helpers import make_png
+from .helpers import Watch, make_png
 from .hostile import HOSTILE, PAYLOADS, hostile_document
-from .test_browser import Watch, browser  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.browser
 
@@ -47,7 +46,7 @@ def _run(tmp_path, name: str) -> tuple[RunFolder, list[Item], dict]:
     return run, items, rows
 
 
-def _open(browser, path):  # noqa: F811
+def _open(browser, path):
     context = browser.new_context(java_script_enabled=True)
     page = context.new_page()
     watch = Watch(page)
@@ -68,7 +67,7 @@ def _inert(page, watch):
     assert handlers == []
 
 
-def test_run_report_shows_everything_and_runs_nothing(browser, tmp_path):  # noqa: F811
+def test_run_report_shows_everything_and_runs_nothing(browser, tmp_path):
     run, items, rows = _run(tmp_path, "run")
     bench = LLMIBench()
     summary = build_summary(bench, items, rows)
@@ -93,7 +92,7 @@ def test_run_report_shows_everything_and_runs_nothing(browser, tmp_path):  # noq
     assert json.dumps(summary)  # the summary is JSON
 
 
-def test_compare_report_is_inert(browser, tmp_path):  # noqa: F811
+def test_compare_report_is_inert(browser, tmp_path):
     ra, items, rows_a = _run(tmp_path, "a")
     rb, _, rows_b = _run(tmp_path, "b")
     shared = items[:4]

@@ -7,8 +7,6 @@ Skipped with the reason when chromium or playwright is missing (``playwright ins
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 pytest.importorskip("fastapi")
@@ -16,7 +14,7 @@ pytest.importorskip("uvicorn")
 
 from llmi.server import create_app  # noqa: E402
 
-from .helpers import loopback_server, make_png, send  # noqa: E402
+from .helpers import Watch, loopback_server, make_png, send  # noqa: E402
 from .hostile import HOSTILE  # noqa: E402
 from .server_support import LiveServer, settings_for, tag  # noqa: E402
 from .sse_server import Script, SSEServer, split_every  # noqa: E402
@@ -24,26 +22,9 @@ from .sse_server import Script, SSEServer, split_every  # noqa: E402
 pytestmark = pytest.mark.browser
 SCREENSHOT = "/tmp/llmi_server_page.png"
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
 ANSWER = ("# Owls\n\nOwls hunt at **night**. " + tag("search", "A barn owl", "barn owl")
           + "\n\nSightings per year:\n\n" + tag("code", "Owl sightings", "plt.bar([1], [2])")
           + "\n\nThat is all about owls.")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +60,6 @@ def server(tmp_path_factory, evil):
         app = create_app(settings, data_dir=tmp_path_factory.mktemp("page-data"))
         with LiveServer(app) as srv:
             yield srv
-
-
-class Watch:
-    def __init__(self, page):
-        self.dialogs: list[str] = []
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        page.on("dialog", self._dialog)
-        page.on("request", lambda r: self.requests.append(r.url))
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-    def _dialog(self, d):
-        self.dialogs.append(d.message)
-        d.dismiss()
 
 
 def _order(page) -> list[str]:

@@ -755,19 +755,13 @@ def test_openai_endpoint_answers_malformed_requests_in_its_error_shape(llm, tmp_
 
 
 @pytest.mark.browser
-def test_served_documents_run_nothing_and_fetch_nothing_outside(tmp_path):
+def test_served_documents_run_nothing_and_fetch_nothing_outside(browser, tmp_path):
     """Checked, held: the document download (HTML), opened as a page from the server's own origin, and the
     Markdown / JSON views of a hostile answer run no script and load nothing from elsewhere; .md and .json
     show as text, never as HTML."""
-    import shutil
-
+    from .helpers import Watch
     from .hostile import HOSTILE
-    from .test_server_browser import CHROMIUM_ARGS, Watch
 
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     hits: list[str] = []
 
     def evil(req, h):
@@ -782,26 +776,24 @@ def test_served_documents_run_nothing_and_fetch_nothing_outside(tmp_path):
                    + tag("search", f"<img src={evil_url}/alt onerror=window.__pwned=2>", "owl") + " end.")
         with SSEServer(Script(content=split_every(hostile, 50))) as llm, _server(llm, tmp_path) as srv:
             run = _finished_run(srv, {}, prompt=f"<script>window.__pwned=3</script><img src={evil_url}/prompt>")
-            with sync_api.sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-                try:
-                    page = browser.new_page()
-                    watch = Watch(page)
-                    for fmt in ("html", "md", "json"):
-                        page.goto(srv.base_url + run["links"][fmt], wait_until="load")
-                        page.wait_for_timeout(200)
-                        assert page.evaluate("() => window.__pwned") is None, fmt
-                        assert page.evaluate("() => document.querySelectorAll('script, iframe, object, svg').length") == 0
-                        if fmt == "html":  # the document itself: its images are data: URIs, nothing else loads
-                            assert page.locator("h1").count() >= 1
-                        else:  # shown as text: the page holds no element the answer wrote
-                            assert page.evaluate("() => document.querySelectorAll('img, a').length") == 0
-                            assert "<script>" in page.inner_text("body")
-                    assert watch.dialogs == [] and watch.errors == []
-                    outside = [u for u in watch.requests if not u.startswith((srv.base_url, "data:"))]
-                    assert outside == []
-                finally:
-                    browser.close()
+            page = browser.new_page()
+            try:
+                watch = Watch(page)
+                for fmt in ("html", "md", "json"):
+                    page.goto(srv.base_url + run["links"][fmt], wait_until="load")
+                    page.wait_for_timeout(200)
+                    assert page.evaluate("() => window.__pwned") is None, fmt
+                    assert page.evaluate("() => document.querySelectorAll('script, iframe, object, svg').length") == 0
+                    if fmt == "html":  # the document itself: its images are data: URIs, nothing else loads
+                        assert page.locator("h1").count() >= 1
+                    else:  # shown as text: the page holds no element the answer wrote
+                        assert page.evaluate("() => document.querySelectorAll('img, a').length") == 0
+                        assert "<script>" in page.inner_text("body")
+                assert watch.dialogs == [] and watch.errors == []
+                outside = [u for u in watch.requests if not u.startswith((srv.base_url, "data:"))]
+                assert outside == []
+            finally:
+                page.close()
     assert hits == []
 
 
