@@ -196,6 +196,27 @@ def test_an_output_folder_of_another_model_is_refused_before_anything_loads(tmp_
         plan(_request(tmp_path, cfg, [data], model=other, out=other))
 
 
+def test_resuming_with_another_batch_composition_is_refused(tmp_path, judges):
+    """--resume with another prompt_batch (or num_generations, seed, ...) ran on, its steps seeing other
+    prompts than an uninterrupted run."""
+    from llmi.train.errors import RecipeError
+    from llmi.train.runner import RUN_FILE, _run_record, plan
+
+    model = ts.build_text_model(tmp_path / "m")
+    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0])
+    data = ts.write_parquet(tmp_path / "d.parquet", ts.llmi_rows(4))
+    out = tmp_path / "run"
+    first = plan(_request(tmp_path, cfg, [data], model=model, out=out))
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    (out / RUN_FILE).write_text(json.dumps(_run_record(first), default=str))
+    plan(_request(tmp_path, cfg, [data], model=model, out=out, resume=True, flags={"learning_rate": 2e-3}))
+    for flags, key in (({"prompt_batch": 4}, "prompt_batch"), ({"num_generations": 4}, "num_generations"),
+                       ({"seed": 7}, "seed")):
+        with pytest.raises(RecipeError, match=f"--resume: {key} was .* now"):
+            plan(_request(tmp_path, cfg, [data], model=model, out=out, resume=True, flags=flags))
+
+
 def test_the_same_model_named_another_way_is_the_same_run(tmp_path, monkeypatch):
     from llmi.train.runner import _check_output_folder, model_key
 

@@ -180,7 +180,7 @@ def plan(req: TrainRequest) -> Plan:
                                       resolved.llmi.prompt_overflow)
     fp = fingerprint(rows)
     if resume_from is not None:
-        _check_same_run(out, fp, req)
+        _check_same_run(out, fp, req, resolved)
     return Plan(request=req, resolved=resolved, reward=reward, rows=rows, system_prompt=system,
                 usable_tools=usable, fingerprint=fp, lengths=lengths, processing_class=processing_class,
                 judge_models=judge_models, resume_from=resume_from)
@@ -220,7 +220,15 @@ def _check_output_folder(out: Path, model: str) -> None:
                          "--output-dir (or pass the same --model to continue it)")
 
 
-def _check_same_run(out: Path, fp: str, req: TrainRequest) -> None:
+#: Options that decide which prompts a step sees: a resumed run must keep them, or its data order is another.
+ORDER_OPTIONS = {
+    "trainer": ("num_generations", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+                "shuffle_dataset", "generation_batch_size", "steps_per_generation"),
+    "llmi": ("prompt_batch",),
+}
+
+
+def _check_same_run(out: Path, fp: str, req: TrainRequest, resolved: recipes.Resolved | None = None) -> None:
     try:
         saved = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -232,6 +240,18 @@ def _check_same_run(out: Path, fp: str, req: TrainRequest) -> None:
             f"{saved.get('fingerprint')}); the data order would not continue. Use the same --data, recipe "
             "and system prompt, or start a new --output-dir"
         )
+    before = saved.get("resolved") or {}
+    if resolved is None or not before:
+        return
+    now = resolved.to_dict()
+    for part, keys in ORDER_OPTIONS.items():
+        for key in keys:
+            old_value, new_value = (before.get(part) or {}).get(key), now[part].get(key)
+            if old_value != new_value:
+                raise RecipeError(
+                    f"--resume: {key} was {old_value!r} in the run in {out}, now {new_value!r}: the steps would see "
+                    "other prompts than an uninterrupted run. Keep it, or start a new --output-dir"
+                )
 
 
 def _run_record(p: Plan) -> dict[str, Any]:
