@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import os
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from _servers import chat_completion, counters, serve_capped, start, stop
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
@@ -35,103 +34,45 @@ TAG = '<imgen>{"source": "search", "description": "moon", "params": {"query": "m
 
 
 def _serve(kind: str, latency: float, cap: int, port_q) -> None:
-    lock = threading.Lock()
-    state = {"in_flight": 0, "max": 0, "over_cap": 0, "requests": 0}
+    """The policy LLM (``llm``: a streamed reply spread over ``latency`` s) or the judge (a JSON score
+    after ``latency`` s)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # as real servers: otherwise Nagle + delayed ACK add ~40 ms per call
+    def answer(h) -> None:
+        if kind == "judge":
+            time.sleep(latency)
+            body = chat_completion('{"score": 2, "justification": "meets it"}', usage=(10, 5))
+            h.send(200, json.dumps(body).encode())
+        else:
+            _stream(h, latency)
 
-        def log_message(self, *a):
-            pass
-
-        def _send(self, status, body, ctype="application/json"):
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            if self.path.endswith("/models"):
-                self._send(200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode())
-            else:
-                with lock:
-                    self._send(200, json.dumps(state).encode())
-
-        def do_POST(self):
-            n = int(self.headers.get("content-length") or 0)
-            self.rfile.read(n)
-            with lock:
-                state["requests"] += 1
-                if state["in_flight"] >= cap:
-                    state["over_cap"] += 1
-                    over = True
-                else:
-                    over = False
-                    state["in_flight"] += 1
-                    state["max"] = max(state["max"], state["in_flight"])
-            if over:
-                self._send(429, b'{"error": {"message": "over cap", "type": "rate_limit"}}')
-                return
-            try:
-                if kind == "judge":
-                    time.sleep(latency)
-                    body = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
-                            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                "role": "assistant", "content": '{"score": 2, "justification": "meets it"}'}}],
-                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
-                    self._send(200, json.dumps(body).encode())
-                else:
-                    self._stream(latency)
-            finally:
-                with lock:
-                    state["in_flight"] -= 1
-
-        def _stream(self, latency: float) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            pieces = ["# Report\n", "The moon, in brief. ", TAG, "\nThat is all."]
-            start = time.perf_counter()
-
-            def event(obj) -> None:
-                raw = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
-                self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
-                self.wfile.flush()
-
-            base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
-            event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            for i, p in enumerate(pieces):
-                wait = start + latency * (i + 1) / len(pieces) - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
-                event({**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]})
-            event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-            event({**base, "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}})
-            event("[DONE]")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    srv.request_queue_size = 256
-    port_q.put(srv.server_address[1])
-    srv.serve_forever(poll_interval=0.05)
+    serve_capped(cap, port_q, answer)
 
 
-def _start(kind: str, latency: float, cap: int) -> tuple[mp.Process, str]:
-    q = mp.Queue()
-    p = mp.Process(target=_serve, args=(kind, latency, cap, q), daemon=True)
-    p.start()
-    return p, f"http://127.0.0.1:{q.get(timeout=20)}"
+def _stream(h, latency: float) -> None:
+    h.send_response(200)
+    h.send_header("Content-Type", "text/event-stream")
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    pieces = ["# Report\n", "The moon, in brief. ", TAG, "\nThat is all."]
+    start = time.perf_counter()
 
+    def event(obj) -> None:
+        raw = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
+        h.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+        h.wfile.flush()
 
-def _state(url: str) -> dict:
-    import httpx
-
-    return httpx.get(url + "/state").json()
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    for i, p in enumerate(pieces):
+        wait = start + latency * (i + 1) / len(pieces) - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        event({**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]})
+    event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    event({**base, "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}})
+    event("[DONE]")
+    h.wfile.write(b"0\r\n\r\n")
+    h.wfile.flush()
 
 
 async def scenario(name: str, *, items: int, gen_latency: float, judge_latency: float, gen_cap: int, judge_cap: int,
@@ -139,8 +80,8 @@ async def scenario(name: str, *, items: int, gen_latency: float, judge_latency: 
     from llmi.config import load_settings
     from llmi.eval.runner import EvalConfig, run_eval
 
-    llm_p, llm_url = _start("llm", gen_latency, gen_cap)
-    judge_p, judge_url = _start("judge", judge_latency, judge_cap)
+    llm_p, llm_url = start(_serve, "llm", gen_latency, gen_cap)
+    judge_p, judge_url = start(_serve, "judge", judge_latency, judge_cap)
     try:
         lib = workdir / "library"
         lib.mkdir(exist_ok=True)
@@ -172,12 +113,10 @@ async def scenario(name: str, *, items: int, gen_latency: float, judge_latency: 
             "name": name, "items": summary["items"]["finished"], "elapsed": elapsed, "rate": items / elapsed,
             "batch_rate": items / batch_s, "caps": f"{gen_cap if judge_only_from is None else '-'}/{judge_cap}",
             "bound": bound, "bottleneck": "judge" if judge_rate < gen_rate else "generation",
-            "llm": _state(llm_url), "judge": _state(judge_url), "score": summary["scores"]["score"]["mean"], "out": out,
+            "llm": counters(llm_url), "judge": counters(judge_url), "score": summary["scores"]["score"]["mean"], "out": out,
         }
     finally:
-        for p in (llm_p, judge_p):
-            p.terminate()
-            p.join(5)
+        stop(llm_p, judge_p)
 
 
 async def main() -> None:

@@ -19,12 +19,11 @@ import argparse
 import asyncio
 import io
 import json
-import multiprocessing as mp
 import os
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from _servers import chat_completion, counters, serve_capped, start, stop
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
@@ -47,70 +46,17 @@ def _png(size: int) -> bytes:
 
 
 def _serve(kind: str, latency: float, cap: int, port_q) -> None:
-    lock = threading.Lock()
-    state = {"in_flight": 0, "max": 0, "over_cap": 0, "requests": 0}
     reply = (
         "Image Quality: 4\nTask Relevance: 5\nText-Image Relevance: 4"
         if kind == "mllm"
         else "<think>short</think>\nText: 4\nImage: 3"
     )
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # like real servers (uvicorn, vLLM): without it Nagle + delayed ACK add ~40 ms to every call
-        disable_nagle_algorithm = True
+    def answer(h) -> None:
+        time.sleep(latency)
+        h.send(200, json.dumps(chat_completion(reply, model="judge")).encode())
 
-        def log_message(self, *a):
-            pass
-
-        def _send(self, status, body, ctype="application/json", headers=()):
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in headers:
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            with lock:
-                self._send(200, json.dumps(state).encode())
-
-        def do_POST(self):
-            n = int(self.headers.get("content-length") or 0)
-            self.rfile.read(n)
-            with lock:
-                state["requests"] += 1
-                if state["in_flight"] >= cap:
-                    state["over_cap"] += 1
-                    over = True
-                else:
-                    over = False
-                    state["in_flight"] += 1
-                    state["max"] = max(state["max"], state["in_flight"])
-            if over:
-                self._send(429, b'{"error": {"message": "over the concurrency cap"}}', headers=[("Retry-After", "0.05")])
-                return
-            try:
-                time.sleep(latency)
-                body = {
-                    "id": "chatcmpl-bench",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": "judge",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
-                }
-                self._send(200, json.dumps(body).encode())
-            finally:
-                with lock:
-                    state["in_flight"] -= 1
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
-    port_q.put((kind, server.server_address[1]))
-    server.serve_forever()
+    serve_capped(cap, port_q, answer, retry_after="0.05")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,9 +149,7 @@ async def bench(args, urls) -> None:
     }
     cap_max = min(limits.values())
     bottleneck = min(limits, key=limits.get)
-    import httpx
-
-    server_stats = {k: httpx.get(u + "/stats").json() for k, u in urls.items()}
+    server_stats = {k: counters(u) for k, u in urls.items()}
     print(
         f"rollouts={args.rollouts} tags/rollout={args.tags} scored={scored} elapsed={elapsed:.2f}s "
         f"scorer_cpu={cpu:.2f}s ({1000 * cpu / args.rollouts:.1f} ms/rollout)"
@@ -242,20 +186,14 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=160, help="side of the PNG each tool returns")
     args = p.parse_args()
 
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    procs = [
-        ctx.Process(target=_serve, args=("llm", args.llm_latency, args.llm_cap, q), daemon=True),
-        ctx.Process(target=_serve, args=("mllm", args.mllm_latency, args.mllm_cap, q), daemon=True),
-    ]
-    for proc in procs:
-        proc.start()
-    urls = dict((k, f"http://127.0.0.1:{port}") for k, port in (q.get(timeout=30) for _ in procs))
+    procs, urls = [], {}
     try:
+        for kind, latency, cap in (("llm", args.llm_latency, args.llm_cap), ("mllm", args.mllm_latency, args.mllm_cap)):
+            proc, urls[kind] = start(_serve, kind, latency, cap)
+            procs.append(proc)
         asyncio.run(bench(args, urls))
     finally:
-        for proc in procs:
-            proc.terminate()
+        stop(*procs)
 
 
 if __name__ == "__main__":
