@@ -353,7 +353,7 @@ def test_the_samples_page_says_what_the_row_asked_for_and_where_it_came_from():
     rollout = Rollout(row=1, question="q", completion="hello", result=result, document=None, image_num=99,
                       tools=("search", "code"))
     page = samples_page(3, [rollout], origins=["a.parquet:1", "train.parquet:2"])
-    assert "row 1 (train.parquet:2) · needs at least one (99) image(s), tools search, code · wrote 1 tag(s)" in page
+    assert "row 1 (train.parquet:2) · asks for images: at least one (99), tools: search, code · wrote 1 tag(s)" in page
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_a_vlm_trains_on_the_releases_text_and_multimodal_files_together(tmp_pat
     page = (out / "samples" / "step-1.html").read_text()
     import re
 
-    assert re.search(r"row \d \(\S+/train(_mm)?\.parquet:\d\) · needs ", page)
+    assert re.search(r"row \d \(\S+/train(_mm)?\.parquet:\d\) · asks for images: ", page)
 
 
 @pytest.mark.slow

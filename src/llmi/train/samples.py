@@ -49,7 +49,7 @@ def _needs(r: Rollout) -> str:
 
     if r.image_num is None:
         return ""
-    return f" · needs {image_rule(r.image_num)} image(s), tools {', '.join(r.tools) or 'none'}"
+    return f" · asks for images: {image_rule(r.image_num)}, tools: {', '.join(r.tools) or 'none'}"
 
 
 def samples_page(step: int, rollouts: Sequence[Rollout], *, n: int = 4, origins: Sequence[str] | None = None) -> str:
