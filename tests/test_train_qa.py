@@ -471,3 +471,18 @@ def test_trainer_options_of_the_wrong_type_are_named_before_anything_runs():
     t = r.trainer
     assert t["learning_rate"] == 3e-6 and t["num_generations"] == 4 and isinstance(t["num_generations"], int)
     assert t["use_vllm"] is False and t["report_to"] == ["wandb"] and t["epsilon_high"] is None
+
+
+def test_test_split_rows_among_the_training_data_are_pointed_out(tmp_path, judges, caplog):
+    import logging
+
+    from llmi.train.runner import plan
+
+    model = ts.build_text_model(tmp_path / "m")
+    cfg = ts.write_config(tmp_path / "llmi.toml", judges[0])
+    rows = ts.llmi_rows(3)
+    rows[1]["extra_info"]["split"] = "test"
+    data = ts.write_parquet(tmp_path / "d.parquet", rows)
+    with caplog.at_level(logging.WARNING, logger="llmi.train.runner"):
+        plan(_request(tmp_path, cfg, [data], model=model))
+    assert "1 of 3 training rows are not split 'train'" in caplog.text

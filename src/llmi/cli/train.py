@@ -122,6 +122,9 @@ def train(
              f"{p.lengths.dropped} dropped (longest prompt {p.lengths.longest} tokens); tools {', '.join(p.usable_tools) or 'none'}"
              + (f"; judges {p.judge_models}" if p.judge_models else ""))
         if p.backend == "verl":
+            if resume:
+                warn("--resume is for the trl backend: verl resumes from the latest checkpoint under the output "
+                     "folder by itself (its trainer.resume_mode=auto)")
             _verl(p, config, val_data, submit)
             return
         from ..train.runner import run_trl

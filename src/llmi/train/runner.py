@@ -149,6 +149,10 @@ def plan(req: TrainRequest) -> Plan:
         judge_models = asyncio.run(check_judges(req.settings))
     else:
         judge_models = {}
+    held_out = sum(r.split != "train" for r in rows)
+    if held_out:
+        log.warning("%d of %d training rows are not split 'train' (their image-count rule is the binary one of "
+                    "evaluation): is a test file among --data?", held_out, len(rows))
     from .preflight import missing_tools, usable_tools
 
     usable = asyncio.run(usable_tools(req.settings))
