@@ -311,3 +311,16 @@ servers = ["{hanging_server}"]
     assert r.output.count("no answer within 1 s") == 4
     assert "SECRET" not in r.output
     assert "usable tools: code, edit (after probing)" in r.output
+
+
+def test_options_become_settings_sections_only_when_given():
+    """The settings overrides the subcommands build from their options (cli.common): an option left out
+    (None) or given empty is not an override; 0 and False are; --model-path implies the transformers
+    backend unless --backend says otherwise; a section with nothing set is left out."""
+    from llmi.cli.common import given, llm_options, sections
+
+    assert given(model=None, base_url="", temperature=0.0, vision=False) == {"temperature": 0.0, "vision": False}
+    assert llm_options(model_path=Path("/m"), model="x") == {"backend": "transformers", "model_path": "/m", "model": "x"}
+    assert llm_options(model_path=Path("/m"), backend="openai")["backend"] == "openai"
+    assert llm_options(model=None) == {}
+    assert sections(llm={}, eval_judge={"model": "j"}) == {"eval_judge": {"model": "j"}}

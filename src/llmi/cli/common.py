@@ -97,6 +97,25 @@ def load(config: Path | None, overrides: dict[str, Any] | None = None):
     return load_settings(config, overrides=overrides)
 
 
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user set, as the keys of one settings section: ``None`` and ``""`` (not given)
+    are left out; ``0`` and ``False`` are kept."""
+    return {k: v for k, v in options.items() if v is not None and v != ""}
+
+
+def sections(**overrides: dict[str, Any]) -> dict[str, Any]:
+    """Settings overrides with the empty sections left out (``{}`` when no option was set)."""
+    return {name: section for name, section in overrides.items() if section}
+
+
+def llm_options(*, model_path: Path | None = None, **options: Any) -> dict[str, Any]:
+    """The ``[llm]`` section from the writing model's options (:func:`given`); ``--model-path`` implies
+    the transformers backend unless ``backend`` is given too."""
+    section: dict[str, Any] = {"backend": "transformers", "model_path": str(model_path)} if model_path else {}
+    section.update(given(**options))
+    return section
+
+
 def read_images(paths: list[Path] | None) -> list:
     """Read and validate the user's input images (an unreadable one is an InputError): the one loader,
     :func:`llmi.images.load_image`, with the CLI's size cap."""

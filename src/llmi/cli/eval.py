@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from . import app
-from .common import console, errors_as_exit, fail, info, load, setup_logging
+from .common import console, errors_as_exit, fail, given, info, llm_options, load, sections, setup_logging
 
 eval_app = typer.Typer(
     name="eval",
@@ -81,17 +81,6 @@ class _Bar:
     def update(self, p: Any) -> None:
         score = "–" if p.score is None else f"{p.score:.3f}"
         self.progress.update(self.task, total=p.total, completed=p.done, failed=p.failed, score=score)
-
-
-def _judge_overrides(url: Optional[str], model: Optional[str], concurrency: Optional[int]) -> dict[str, Any]:
-    sec: dict[str, Any] = {}
-    if url:
-        sec["base_url"] = url
-    if model:
-        sec["model"] = model
-    if concurrency is not None:
-        sec["concurrency"] = concurrency
-    return {"eval_judge": sec} if sec else {}
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -160,17 +149,10 @@ def _benchmark_command(name: str) -> Callable[..., None]:
         with errors_as_exit():
             if data is None and outputs is None:
                 fail(f"llmi eval {name} needs --data (the benchmark file) or --outputs (documents to judge)")
-            overrides = _judge_overrides(judge_url, judge_model, judge_concurrency)
-            llm: dict[str, Any] = {}
-            if model:
-                llm["model"] = model
-            if base_url:
-                llm["base_url"] = base_url
-            if model_path:
-                llm.update(backend="transformers", model_path=str(model_path))
-            if llm:
-                overrides["llm"] = llm
-            settings = load(config, overrides)
+            settings = load(config, sections(
+                eval_judge=given(base_url=judge_url, model=judge_model, concurrency=judge_concurrency),
+                llm=llm_options(model=model, base_url=base_url, model_path=model_path),
+            ))
             opts = _options(option)
             if model_name:
                 opts["model_name"] = model_name
@@ -229,7 +211,8 @@ def compare_cmd(
     from ..eval.compare import CompareConfig, run_compare
 
     with errors_as_exit():
-        settings = load(config, _judge_overrides(judge_url, judge_model, judge_concurrency))
+        judge = given(base_url=judge_url, model=judge_model, concurrency=judge_concurrency)
+        settings = load(config, sections(eval_judge=judge))
         out = output or run_a.parent / f"compare_{run_a.name}_vs_{run_b.name}"
         cfg = CompareConfig(run_a=run_a, run_b=run_b, out=out, pairwise=pairwise, limit=limit, retry_errors=retry_errors)
         try:

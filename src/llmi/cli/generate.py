@@ -20,7 +20,7 @@ from typing import Any, Optional, TextIO
 import typer
 
 from . import app
-from .common import check_output_path, console, errors_as_exit, fail, load, setup_logging
+from .common import check_output_path, console, errors_as_exit, fail, llm_options, load, sections, setup_logging
 from .progress import ToolProgress
 
 
@@ -69,31 +69,10 @@ def generate_cmd(
         text = sys.stdin.read() if prompt == "-" else prompt
         if not text.strip():
             fail("the prompt is empty")
-        overrides: dict[str, Any] = {}
-        llm: dict[str, Any] = {}
-        if base_url:
-            llm["base_url"] = base_url
-        if model:
-            llm["model"] = model
-        if model_path:
-            llm.update(backend="transformers", model_path=str(model_path))
-        if backend:
-            llm["backend"] = backend
-        if temperature is not None:
-            llm["temperature"] = temperature
-        if top_p is not None:
-            llm["top_p"] = top_p
-        if max_tokens is not None:
-            llm["max_tokens"] = max_tokens
-        extra = _extra_body(extra_body, no_think)
-        if extra:
-            llm["extra_body"] = extra
-        if no_vision:
-            llm["vision"] = False
-        if llm:
-            overrides["llm"] = llm
-        if no_cache:
-            overrides["cache"] = {"enabled": False}
+        llm = llm_options(base_url=base_url, model=model, model_path=model_path, backend=backend,
+                          temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                          extra_body=_extra_body(extra_body, no_think) or None, vision=False if no_vision else None)
+        overrides = sections(llm=llm, cache={"enabled": False} if no_cache else {})
         settings = load(config, overrides or None)
         images = list(image or [])
         tpath = trace_file or (trace_path_for(output) if trace else None)

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from . import app
-from .common import console, errors_as_exit, fail, load, setup_logging
+from .common import console, errors_as_exit, fail, given, load, sections, setup_logging
 
 #: Errors that a rerun may fix (as opposed to unusable input).
 RETRYABLE_ERRORS = ("llm_judge", "mllm_judge", "execute")
@@ -165,21 +165,10 @@ def reward_cmd(
             fail("the output file must differ from the input file")
         if not output.parent.exists():
             fail(f"the folder of {output} does not exist")
-        overrides: dict[str, Any] = {}
-        for section, url, model in (
-            ("llm_judge", llm_judge_url, llm_judge_model),
-            ("mllm_judge", mllm_judge_url, mllm_judge_model),
-        ):
-            sec: dict[str, Any] = {}
-            if url:
-                sec["base_url"] = url
-            if model:
-                sec["model"] = model
-            if judge_concurrency is not None:
-                sec["concurrency"] = judge_concurrency
-            if sec:
-                overrides[section] = sec
-        settings = load(config, overrides)
+        settings = load(config, sections(
+            llm_judge=given(base_url=llm_judge_url, model=llm_judge_model, concurrency=judge_concurrency),
+            mllm_judge=given(base_url=mllm_judge_url, model=mllm_judge_model, concurrency=judge_concurrency),
+        ))
         try:
             flags = {"on_judge_error": on_judge_error, "fallback_score": fallback_score, "w_tool": tool_weight}
             cfg = settings.reward.to_config(**{k: v for k, v in flags.items() if v is not None})
