@@ -410,3 +410,13 @@ def test_judged_response_equals_strip_think():
         "",
     ]:
         assert judged_response(parse_response(response)) == strip_think(response), response
+
+
+def test_a_rows_question_is_what_the_judges_see_else_the_prompts_text():
+    from llmi.reward.scoring import sample_from_row
+
+    row = {"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "<image>Draw owls"}],
+           "response": "x", "image_num": 0, "tools": []}
+    assert sample_from_row(row).question == "<image>Draw owls"
+    assert sample_from_row({**row, "question": "Draw owls"}).question == "Draw owls"
+    assert sample_from_row({**row, "question": 3}).input_error == "question must be a string, got int"

@@ -10,6 +10,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: config table names such as [llm_judge] must not be read as markup.
+    rich_markup_mode=None,
 )
 
 

@@ -109,10 +109,13 @@ class Sample:
     input_images: list[ImageData] = field(default_factory=list)
     document: Document | None = None
     input_error: str | None = None
+    #: The question the judges see when it is not the prompt's text (the LLM-I schema's
+    #: ``extra_info.question``); ``None``: taken from ``prompt``.
+    question_override: str | None = None
 
     @property
     def question(self) -> str:
-        return question_text(self.prompt)
+        return self.question_override if self.question_override else question_text(self.prompt)
 
     @classmethod
     def invalid(cls, reason: str) -> "Sample":
@@ -128,7 +131,8 @@ def load_image(ref: Any, base_dir: str | os.PathLike | None = None) -> ImageData
 def sample_from_row(row: Any, base_dir: str | os.PathLike | None = None) -> Sample:
     """A :class:`Sample` from one ``llmi reward`` input row; an unusable row gives ``Sample.invalid``.
 
-    Row keys: ``prompt``, ``response``, ``image_num``, ``tools``, optional ``split`` and ``images``
+    Row keys: ``prompt``, ``response``, ``image_num``, ``tools``, optional ``split``, ``question`` (what
+    the judges are asked, when it is not the prompt's text, as in training data) and ``images``
     (paths relative to ``base_dir`` or data URIs), and optional ``document`` (an executed document in
     the JSON contract of :class:`~llmi.document.Document`, to skip running the tags).
     """
@@ -158,6 +162,9 @@ def sample_from_row(row: Any, base_dir: str | os.PathLike | None = None) -> Samp
         except (KeyError, TypeError, ValueError, OSError, ToolError) as exc:
             return Sample.invalid(f"document is not a valid llmi document: {type(exc).__name__}: {exc}")
     split = row.get("split") or "train"
+    question = row.get("question")
+    if question is not None and not isinstance(question, str):
+        return Sample.invalid(f"question must be a string, got {type(question).__name__}")
     return Sample(
         prompt=row["prompt"],
         response=row["response"],
@@ -166,6 +173,7 @@ def sample_from_row(row: Any, base_dir: str | os.PathLike | None = None) -> Samp
         split=split if isinstance(split, str) else str(split),
         input_images=images,
         document=document,
+        question_override=question or None,
     )
 
 
