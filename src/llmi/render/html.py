@@ -27,7 +27,7 @@ import functools
 import html
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
@@ -94,7 +94,8 @@ def markdown_to_safe_html(text: str) -> str:
     return _cleaner().clean(_markdown().render(text))
 
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
+    """``value`` as HTML text or attribute value."""
     # NUL is not a character an HTML document may contain; browsers differ in what they make of it.
     return html.escape(str(value), quote=True).replace("\0", "\ufffd")
 
@@ -120,13 +121,13 @@ def _image_src(block: ImageBlock) -> tuple[str, int, int] | None:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", width, height
 
 
-def _credit_html(block: ImageBlock) -> str:
+def credit_html(block: ImageBlock) -> str:
     out = []
     for part in credit_parts(block.tool, block.provenance, block.params):
         if isinstance(part, Link):
-            out.append(f'<a href="{_esc(part.url)}" rel="{LINK_REL}">{_esc(part.text)}</a>')
+            out.append(f'<a href="{esc(part.url)}" rel="{LINK_REL}">{esc(part.text)}</a>')
         else:
-            out.append(_esc(part))
+            out.append(esc(part))
     return "".join(out)
 
 
@@ -137,9 +138,8 @@ def _size_attr(name: str, value: Any) -> str:
 
 
 def _figure(block: ImageBlock, number: int | str, index: int | None = None) -> str:
-    """One image with its caption. ``index`` (the number an ``edit`` uses for it) is shown when given."""
+    """One embedded image with its caption. ``index`` (the number an ``edit`` uses for it) is shown when given."""
     src = _image_src(block)
-    tool = _esc(block.tool)
     if src is None:
         return _failure_note(
             tool=block.tool,
@@ -148,6 +148,22 @@ def _figure(block: ImageBlock, number: int | str, index: int | None = None) -> s
             description=block.description,
         )
     uri, width, height = src
+    return figure_html(block, uri, width, height, anchor=f"llmi-image-{number}", index=index)
+
+
+def figure_html(
+    block: ImageBlock,
+    src: str,
+    width: Any,
+    height: Any,
+    *,
+    anchor: str | None = None,
+    index: int | None = None,
+    linked: bool = False,
+) -> str:
+    """One image with its caption (index, description, credit and licence). ``src`` is a URL or ``data:``
+    URI we made; ``anchor`` the figure's id; ``linked``: the browser fetches ``src``, so it may decode
+    it off the main thread."""
     dpi = block.provenance.get("dpi")
     if isinstance(dpi, (int, float)) and not isinstance(dpi, bool) and 96 < dpi <= 1200 and width and height:
         # Charts are rendered at a print dpi: show them at their physical size (CSS px are 1/96 in),
@@ -158,18 +174,21 @@ def _figure(block: ImageBlock, number: int | str, index: int | None = None) -> s
     if index is not None:
         caption.append(f'<span class="llmi-index">Image {index}</span>')
     if desc:
-        caption.append(f'<span class="llmi-description">{_esc(desc)}</span>')
-    caption.append(f'<span class="llmi-credit">{_credit_html(block)}</span>')
+        caption.append(f'<span class="llmi-description">{esc(desc)}</span>')
+    caption.append(f'<span class="llmi-credit">{credit_html(block)}</span>')
+    ident = f' id="{esc(anchor)}"' if anchor is not None else ""
+    size = _size_attr("width", width) + _size_attr("height", height)
+    decoding = ' decoding="async"' if linked else ""
     return (
-        f'<figure class="llmi-figure llmi-tool-{_esc(_css_ident(block.tool))}" id="llmi-image-{number}" '
-        f'data-tool="{tool}">\n'
-        f'<img src="{uri}" alt="{_esc(desc)}"{_size_attr("width", width)}{_size_attr("height", height)}>\n'
+        f'<figure class="llmi-figure llmi-tool-{esc(css_ident(block.tool))}"{ident} data-tool="{esc(block.tool)}">\n'
+        f'<img src="{esc(src)}" alt="{esc(desc)}"{size}{decoding}>\n'
         f"<figcaption>{' '.join(caption)}</figcaption>\n"
         "</figure>"
     )
 
 
-def _css_ident(value: str) -> str:
+def css_ident(value: str) -> str:
+    """A tool name made safe for a class name (``llmi-tool-<name>``)."""
     return (
         "".join(c for c in str(value).lower() if c.isascii() and (c.isalnum() or c in "-_"))[:40] or "other"
     )
@@ -177,35 +196,53 @@ def _css_ident(value: str) -> str:
 
 def _failure_note(*, tool: str, kind: str, reason: str, description: str = "") -> str:
     desc = " ".join(str(description).split())
-    wanted = f'\n<p class="llmi-failure-wanted">Wanted: {_esc(desc)}</p>' if desc else ""
+    wanted = f'\n<p class="llmi-failure-wanted">Wanted: {esc(desc)}</p>' if desc else ""
     return (
-        f'<div class="llmi-failure" role="note" data-tool="{_esc(tool)}" data-kind="{_esc(kind)}">\n'
+        f'<div class="llmi-failure" role="note" data-tool="{esc(tool)}" data-kind="{esc(kind)}">\n'
         f'<p class="llmi-failure-title"><span aria-hidden="true">⚠</span> Image failed '
-        f'<span class="llmi-failure-meta">({_esc(tool)} · {_esc(kind)})</span></p>\n'
-        f'<p class="llmi-failure-reason">{_esc(reason)}</p>{wanted}\n'
+        f'<span class="llmi-failure-meta">({esc(tool)} · {esc(kind)})</span></p>\n'
+        f'<p class="llmi-failure-reason">{esc(reason)}</p>{wanted}\n'
         "</div>"
     )
 
 
-def _stats_html(doc: Document) -> str:
+def failure_html(block: FailureBlock) -> str:
+    """The visible note that stands where a tool failed."""
+    return _failure_note(tool=block.tool, kind=block.kind, reason=block.reason, description=block.description)
+
+
+def text_html(markdown: str) -> str:
+    """One text block: the model's Markdown, sanitised (``""`` for blank text)."""
+    return f'<div class="llmi-text">\n{markdown_to_safe_html(markdown)}</div>' if markdown.strip() else ""
+
+
+def linked_slot_html(block: ImageBlock | FailureBlock, url: str, *, index: int | None = None) -> str:
+    """One slot whose image the page loads from ``url`` (the server's page) instead of a ``data:`` URI."""
+    if isinstance(block, ImageBlock):
+        return figure_html(block, url, block.width, block.height, index=index, linked=True)
+    return failure_html(block)
+
+
+def _stats_html(doc: Document, *, format_notes: bool = True) -> str:
     stats = doc.stats
-    if not stats and not doc.violations:
+    violations = doc.violations if format_notes else []
+    if not stats and not violations:
         return ""
     lines = []
     if stats:
         total = sum(s["total"] for s in stats.values())
         ok = sum(s["success"] for s in stats.values())
-        per_tool = ", ".join(f"{_esc(t)} {s['success']}/{s['total']}" for t, s in sorted(stats.items()))
+        per_tool = ", ".join(f"{esc(t)} {s['success']}/{s['total']}" for t, s in sorted(stats.items()))
         lines.append(f"<p>Images: {ok} of {total} produced ({per_tool}).</p>")
-    if doc.violations:
-        items = "".join(f"<li><code>{_esc(v.kind)}</code>: {_esc(v.detail)}</li>" for v in doc.violations)
+    if violations:
+        items = "".join(f"<li><code>{esc(v.kind)}</code>: {esc(v.detail)}</li>" for v in violations)
         lines.append(
-            f"<details><summary>Format notes ({len(doc.violations)})</summary><ul>{items}</ul></details>"
+            f"<details><summary>Format notes ({len(violations)})</summary><ul>{items}</ul></details>"
         )
     return '<footer class="llmi-stats">\n' + "\n".join(lines) + "\n</footer>"
 
 
-def _blocks_html(blocks: Iterable[Any], n_inputs: int = 0) -> list[str]:
+def _blocks_html(blocks: Iterable[Any], n_inputs: int = 0, slot_url: Callable[[int], str] | None = None) -> list[str]:
     blocks = list(blocks)
     # Image numbers matter to a reader only when something refers to them (edits, the user's images).
     numbered = n_inputs > 0 or any(getattr(b, "tool", None) == "edit" for b in blocks)
@@ -215,52 +252,62 @@ def _blocks_html(blocks: Iterable[Any], n_inputs: int = 0) -> list[str]:
     for block in blocks:
         if isinstance(block, TextBlock):
             if block.text.strip():
-                out.append(f'<div class="llmi-text">\n{markdown_to_safe_html(block.text)}</div>')
+                out.append(text_html(block.text))
             continue
         slot += 1
-        if isinstance(block, ImageBlock):
+        index = n_inputs + slot - 1 if numbered else None
+        if slot_url is not None:
+            out.append(linked_slot_html(block, slot_url(slot - 1), index=index))
+        elif isinstance(block, ImageBlock):
             number += 1
-            out.append(_figure(block, number, n_inputs + slot - 1 if numbered else None))
+            out.append(_figure(block, number, index))
         elif isinstance(block, FailureBlock):
-            out.append(
-                _failure_note(
-                    tool=block.tool, kind=block.kind, reason=block.reason, description=block.description
-                )
-            )
+            out.append(failure_html(block))
     return out
 
 
-def _inputs_html(doc: Document) -> list[str]:
+def _inputs_html(doc: Document, input_url: Callable[[int], str] | None = None) -> list[str]:
     """The user's own images, numbered as edits address them ("from image 0")."""
     if not doc.input_images:
         return []
-    figures = [
-        _figure(ImageBlock(image=img, tool="input"), f"input-{i}", i)
-        for i, img in enumerate(doc.input_images)
-    ]
+    blocks = [ImageBlock(image=img, tool="input") for img in doc.input_images]
+    if input_url is not None:
+        figures = [linked_slot_html(b, input_url(i), index=i) for i, b in enumerate(blocks)]
+    else:
+        figures = [_figure(b, f"input-{i}", i) for i, b in enumerate(blocks)]
     return [
         '<section class="llmi-inputs" aria-label="Your images">\n'
         '<p class="llmi-prompt-label">Your images</p>\n' + "\n".join(figures) + "\n</section>"
     ]
 
 
-def render_html_fragment(doc: Document, *, prompt: str | None = None) -> str:
+def render_html_fragment(
+    doc: Document,
+    *,
+    prompt: str | None = None,
+    slot_url: Callable[[int], str] | None = None,
+    input_url: Callable[[int], str] | None = None,
+    format_notes: bool = True,
+) -> str:
     """The document as an ``<article>`` for embedding in a page (no ``<html>``, styles or CSP).
 
     The host page must supply the stylesheet (:func:`stylesheet`) and should send the same
-    Content-Security-Policy (:data:`CONTENT_SECURITY_POLICY`) as an HTTP header.
+    Content-Security-Policy (:data:`CONTENT_SECURITY_POLICY`) as an HTTP header. Images are ``data:``
+    URIs unless ``slot_url`` / ``input_url`` give each slot's and user image's URL (the server's page,
+    which fetches each image once, when it is ready). ``format_notes``: list the format violations in
+    the footer.
     """
     parts = ['<article class="llmi-document">']
     if prompt is not None and str(prompt).strip():
         parts.append(
             '<section class="llmi-prompt" aria-label="Prompt">\n'
             '<p class="llmi-prompt-label">Prompt</p>\n'
-            f'<p class="llmi-prompt-text">{_esc(prompt)}</p>\n'
+            f'<p class="llmi-prompt-text">{esc(prompt)}</p>\n'
             "</section>"
         )
-    parts.extend(_inputs_html(doc))
-    parts.extend(_blocks_html(doc.blocks, len(doc.input_images)))
-    stats = _stats_html(doc)
+    parts.extend(_inputs_html(doc, input_url))
+    parts.extend(_blocks_html(doc.blocks, len(doc.input_images), slot_url))
+    stats = _stats_html(doc, format_notes=format_notes)
     if stats:
         parts.append(stats)
     parts.append("</article>")
@@ -272,17 +319,17 @@ def render_html(doc: Document, *, prompt: str | None = None, title: str | None =
     given = " ".join(str(title).split()) if title is not None else ""
     title_text = given or DEFAULT_TITLE
     # The model's text usually opens with its own heading; a visible title only when one was asked for.
-    heading = f'<h1 class="llmi-title">{_esc(given)}</h1>\n' if given else ""
+    heading = f'<h1 class="llmi-title">{esc(given)}</h1>\n' if given else ""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n'
         "<head>\n"
         '<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_esc(CONTENT_SECURITY_POLICY)}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(CONTENT_SECURITY_POLICY)}">\n'
         '<meta name="referrer" content="no-referrer">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="generator" content="llmi">\n'
-        f"<title>{_esc(title_text)}</title>\n"
+        f"<title>{esc(title_text)}</title>\n"
         f"<style>\n{stylesheet()}</style>\n"
         "</head>\n"
         "<body>\n"

@@ -29,13 +29,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..document import Document, FailureBlock, ImageBlock
+from ..render.html import linked_slot_html, render_html_fragment, text_html
 from .auth import Principal, bearer
 from .deps import light_work, principal, public_base, reservation, run_slot, services, wait_or_disconnect
 from .inputs import ApiError
 from .manager import Run, image_name, input_name
 from .services import Services
 from .store import RunRecord, slot_blocks, valid_run_id
-from .view import document_fragment, failure_png, notice_png, slot_html, text_html
+from .view import failure_png, notice_png
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +438,7 @@ async def get_fragment(run_id: str, request: Request, who: Principal = Depends(p
     doc = await _document(svc, rec)
     m = svc.manager
     html = await asyncio.to_thread(
-        document_fragment, doc, prompt=rec.prompt or None,
+        render_html_fragment, doc, prompt=rec.prompt or None, format_notes=False,
         slot_url=lambda s: m.image_path(run_id, image_name(s)), input_url=lambda i: m.image_path(run_id, input_name(i)))
     return HtmlPart(html=html)
 
@@ -451,7 +452,7 @@ async def get_slot(run_id: str, request: Request, slot: int = Path(ge=0, le=999_
     if block is None:
         raise ApiError(409, "the slot's tool has not finished", code="not_finished")
     n_inputs = len(rec.input_images) if isinstance(rec, Run) else svc.store.count_inputs(run_id)
-    return HtmlPart(html=slot_html(block, svc.manager.image_path(run_id, image_name(slot)),
+    return HtmlPart(html=linked_slot_html(block, svc.manager.image_path(run_id, image_name(slot)),
                                    index=n_inputs + slot if n_inputs or block.tool == "edit" else None))
 
 
