@@ -25,7 +25,10 @@ LOG="$VENV.install.log"
 TORCH="torch==2.13.0"
 VERL="verl==0.9.1"  # as the `verl` extra of pyproject.toml pins it
 EXTRA_PKGS="cachetools fastapi uvicorn pytest pytest-asyncio"
-STAMP_TEXT="$TORCH|$VERL|$EXTRA_PKGS|$ROOT|$(sha256sum pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+# tensordict 0.10 (verl's cap) needs pyvers 0.1, which needs packaging <26; unless told, pip picks the newest
+# packaging first and then backtracks through wandb/virtualenv versions for over ten minutes
+PIP_HINTS="packaging<26"
+STAMP_TEXT="$TORCH|$VERL|$PIP_HINTS|$EXTRA_PKGS|$ROOT|$(sha256sum pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 
 if [ -x "$VPY" ] && [ "$(cat "$VENV/.llmi-verl-stamp" 2>/dev/null)" = "$STAMP_TEXT" ]; then
   echo "== venv $VENV (cached)"
@@ -36,10 +39,7 @@ else
   {
     "$PY" -m venv "$VENV" &&
     timeout 300 "$VPY" -m pip install -c constraints.txt "$TORCH" &&
-    # verl alone first: resolved in one go with llmi's own dependencies, pip backtracks for over ten
-    # minutes (through wandb and pyvers versions); after it, the llmi step finds almost all installed
-    timeout 420 "$VPY" -m pip install -c constraints.txt "$VERL" &&
-    timeout 300 "$VPY" -m pip install -c constraints.txt -e "$ROOT[code,verl]" $EXTRA_PKGS
+    timeout 480 "$VPY" -m pip install -c constraints.txt -e "$ROOT[code,verl]" "$VERL" $PIP_HINTS $EXTRA_PKGS
   } >"$LOG" 2>&1
   rc=$?
   if [ $rc -ne 0 ]; then

@@ -421,6 +421,34 @@ def verl_batch(run, worker):
     return DataProto.from_single_dict(collate_fn([dataset[i] for i in range(len(dataset))]))
 
 
+@pytest.mark.parametrize("recipe", ["llmi-grpo", "llmi-gspo", "mllmi-grpo"])
+def test_real_verl_accepts_each_recipe_launch(real_verl, recipe, tmp_path):
+    """What main_ppo does before Ray starts: compose the launch's overrides, validate the config."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from llmi.train import recipes
+    from llmi.train.data import read_rows
+    from llmi.train.verl_launch import write_launch
+
+    rows = read_rows([ts.write_parquet(tmp_path / "d.parquet", ts.llmi_rows(2))])
+    resolved = recipes.resolve(recipe, known_trainer=recipes.trainer_fields())
+    launch = write_launch(rows, resolved, model="Qwen/Qwen3-4B-Instruct-2507", output_dir=tmp_path / "run",
+                          config_file="llmi.toml", max_steps=10)
+    config = verl_config(launch.overrides)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert not need_reference_policy(config) and not need_critic(config)  # beta 0: no reference model; GRPO
+    actor, rollout = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    assert config.algorithm.adv_estimator == "grpo" and rollout.n == 8 and actor.optim.lr == 1e-6
+    assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (2, 8)
+    if recipe == "llmi-gspo":
+        assert (actor.policy_loss.loss_mode, actor.loss_agg_mode) == ("gspo", "seq-mean-token-mean")
+        assert (actor.clip_ratio_low, actor.clip_ratio_high, config.data.train_batch_size) == (3e-4, 4e-4, 16)
+    else:
+        assert (actor.loss_agg_mode, actor.clip_ratio_c, config.data.train_batch_size) == ("token-mean", 10.0, 32)
+    assert config.reward.reward_kwargs.recipe == recipe
+
+
 PROMPT_LEN, RESPONSE_LEN = 12, 6
 
 
