@@ -1,12 +1,14 @@
 """The verl 0.9.1 reward manager, the ``compute_score`` entry point and the cluster launch.
 
-verl itself cannot be installed next to TRL 1.16 (verl 0.9.1 pins transformers < 5.11), so the verl
-interface is stood in here, built from verl 0.9.1's source: ``verl.DataProto`` (a batch of tensors plus
+Two parts. verl cannot be installed next to TRL 1.16 (verl 0.9.1 pins transformers < 5.11), so the first
+part, which always runs, stands the verl interface in, built from verl 0.9.1's source: ``verl.DataProto`` (a batch of tensors plus
 numpy object arrays, ``data[i]`` an item, ``data[i:j]`` a DataProto),
 ``verl.experimental.reward_loop.reward_manager.register`` / ``.registry.REWARD_MANAGER`` and ``RewardManagerBase``
 (``__init__(config, tokenizer, compute_score)`` taking ``self.loop``, abstract ``async run_single(data)``,
 ``assemble_rm_scores``). The rollouts are scored as verl's ``RewardLoopWorker.compute_score_batch``
 does: one ``run_single`` per one-row slice, all gathered at once, on real tools and loopback judges.
+The second part (``test_real_verl_*``) runs the same reward through the real verl 0.9.1 where it is
+installed (``scripts/verl_check.sh`` makes a venv for it) and skips, saying why, where it is not.
 """
 
 from __future__ import annotations
