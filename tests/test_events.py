@@ -82,3 +82,39 @@ async def test_render_path_events_come_from_the_engine_session_with_one_run_id()
     assert got[-1].document is doc
     for e in got:  # every event of a real run has a JSON form
         json.dumps(e.to_dict())
+
+
+async def test_relay_yields_what_the_coroutine_reports_then_its_result_or_error_and_cancels_on_close():
+    import asyncio
+    from contextlib import aclosing
+
+    async def work(emit, *, fail=False, hang=False):
+        emit("a")
+        await asyncio.sleep(0)
+        emit("b")
+        if hang:
+            await asyncio.sleep(60)
+        if fail:
+            raise ValueError("broke")
+        return "done"
+
+    relay = E.Relay(lambda emit: work(emit))
+    assert [ev async for ev in relay.events()] == ["a", "b"] and relay.result == "done"
+
+    seen = []
+    with pytest.raises(ValueError, match="broke"):
+        async for ev in E.Relay(lambda emit: work(emit, fail=True)).events():
+            seen.append(ev)
+    assert seen == ["a", "b"]  # every event first, then the error
+
+    started = []
+
+    async def hanging(emit):
+        started.append(asyncio.current_task())
+        return await work(emit, hang=True)
+
+    async with aclosing(E.Relay(hanging).events()) as evs:
+        async for ev in evs:
+            if ev == "b":
+                break
+    assert started[0].cancelled()  # closing the iterator cancelled the work and waited for it

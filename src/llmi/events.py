@@ -12,13 +12,14 @@ scaling, evaluation).
 
 Every event carries the ``run_id`` of its run. ``ev.to_dict()`` is its JSON form — a dict with
 ``"type"`` — for server-sent events and trace files, and :func:`from_dict` reads it back. The full list
-with examples is in ``docs/events.md``.
+with examples is in ``docs/events.md``. :class:`Relay` turns a coroutine that reports events through a
+callback into an async iterator of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Mapping, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     from .document import Document, FailureBlock, ImageBlock
@@ -228,5 +229,38 @@ def from_dict(d: Mapping[str, Any]) -> Event:
         raise ValueError(f"bad {cls.type} event: {exc}") from None
 
 
-__all__ = ["Done", "Error", "Event", "EventHandler", "EVENT_TYPES", "RunStarted", "Stage", "TagAmended",
+class Relay:
+    """The events that a coroutine reports through a callback, as they come.
+
+    ``relay = Relay(lambda emit: work(..., on_event=emit))``; iterating ``relay.events()`` starts ``work``
+    and yields each event it reports; after the loop, ``relay.result`` is what ``work`` returned, and an
+    exception of ``work`` is raised at the end of the loop. Closing the iterator early (``aclosing``)
+    cancels ``work`` and waits for it.
+    """
+
+    def __init__(self, start: Callable[[Callable[[Any], None]], Awaitable[Any]]):
+        self._start = start
+        self.result: Any = None
+
+    async def events(self) -> AsyncIterator[Any]:
+        import asyncio
+
+        queue: asyncio.Queue = asyncio.Queue()
+        end = object()
+        task = asyncio.ensure_future(self._start(queue.put_nowait))
+        task.add_done_callback(lambda _t: queue.put_nowait(end))
+        try:
+            while True:
+                ev = await queue.get()
+                if ev is end:
+                    break
+                yield ev
+            self.result = await task
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+__all__ = ["Done", "Error", "Event", "EventHandler", "EVENT_TYPES", "Relay", "RunStarted", "Stage", "TagAmended",
            "TextEvent", "ThinkEvent", "ToolFinished", "ToolStarted", "Usage", "from_dict", "to_dict"]

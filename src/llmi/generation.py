@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, Union
 
 from .document import Document, FailureBlock, ImageBlock
 from .errors import GenerationError, InputError, LLMError, LLMUnreachable  # GenerationError: re-exported
-from .events import Done, Event, TagAmended, ThinkEvent, ToolFinished, ToolStarted
+from .events import Done, Event, Relay, TagAmended, ThinkEvent, ToolFinished, ToolStarted
 from .images import ImageData
 from .images import load_images as _load_images
 from .protocol import THINK_CLOSE, THINK_OPEN, StreamParser
@@ -150,9 +150,6 @@ def load_images(items: Sequence[ImageInput], *, max_pixels: int | None = None) -
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-
-_END = object()
-
 
 class _FirstThinkMarker:
     """Finds the first ``<think>`` or ``</think>`` of a stream, wherever the chunks split it: whether
@@ -368,23 +365,11 @@ async def stream(
     """
     req = Request.of(request)
     trace = trace if trace is not None else Trace()
-    queue: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(
-        _produce(req, images, queue.put_nowait, settings=settings, llm=llm, engine=engine, cache=cache,
-                 system_prompt_file=system_prompt_file, trace=trace)
-    )
-    task.add_done_callback(lambda _t: queue.put_nowait(_END))
-    try:
-        while True:
-            ev = await queue.get()
-            if ev is _END:
-                break
+    relay = Relay(lambda emit: _produce(req, images, emit, settings=settings, llm=llm, engine=engine, cache=cache,
+                                        system_prompt_file=system_prompt_file, trace=trace))
+    async with aclosing(relay.events()) as events:  # the run's error is raised at the end
+        async for ev in events:
             yield ev
-        await task  # re-raises the run's error
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def agenerate(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..config import ImageLimits, Settings
 from ..errors import ToolError
+from ..events import Relay
 from ..images import ImageData
 from .auth import KeyRing, RateLimiter
 from .inputs import ApiError, decode_image
@@ -127,35 +128,17 @@ class Services:
     async def _tts_events(self, request: "Request", options: dict[str, Any]) -> AsyncIterator[Any]:
         from .. import tts as tts_pkg
 
-        queue: asyncio.Queue = asyncio.Queue()
-        end = object()
         fn = tts_pkg.tts
         kwargs: dict[str, Any] = dict(options)
         params = inspect.signature(fn).parameters
-        for name, value in (("settings", self.settings), ("llm", self.llm), ("engine", self.engine),
-                            ("on_event", queue.put_nowait)):
+        for name, value in (("settings", self.settings), ("llm", self.llm), ("engine", self.engine)):
             if name in params:
                 kwargs[name] = value
-
-        async def drive():
-            try:
-                result = await fn(request, **kwargs)
-                return result
-            finally:
-                queue.put_nowait(end)
-
-        task = asyncio.ensure_future(drive())
-        try:
-            while True:
-                ev = await queue.get()
-                if ev is end:
-                    break
+        relay = Relay(lambda emit: fn(request, **kwargs, **({"on_event": emit} if "on_event" in params else {})))
+        async with aclosing(relay.events()) as events:
+            async for ev in events:
                 yield ev
-            result = await task
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        result = relay.result
         doc = getattr(result, "document", result)
         from ..document import Document
 
@@ -171,29 +154,12 @@ class Services:
         them: ``run_started``, ``text``, ``tool_*``, ``done``)."""
 
         async def source(run: Run) -> AsyncIterator[Any]:
-            assert self.engine is not None
-            queue: asyncio.Queue = asyncio.Queue()
-            end = object()
-
-            async def execute():
-                try:
-                    return await self.engine.run_response(response, images, queue.put_nowait, run_id=run.id,
-                                                          prompt=prompt)
-                finally:
-                    queue.put_nowait(end)
-
-            task = asyncio.ensure_future(execute())
-            try:
-                while True:
-                    ev = await queue.get()
-                    if ev is end:
-                        break
+            engine = self.engine
+            assert engine is not None
+            relay = Relay(lambda emit: engine.run_response(response, images, emit, run_id=run.id, prompt=prompt))
+            async with aclosing(relay.events()) as events:  # closing it early cancels the session's tool calls
+                async for ev in events:
                     yield ev
-                await task
-            finally:
-                if not task.done():
-                    task.cancel()  # cancels the session's tool calls with it
-                    await asyncio.gather(task, return_exceptions=True)
 
         return source
 
