@@ -17,39 +17,15 @@ Times are CPU seconds, best of ``--repeat`` with the garbage collector paused.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from llmi.protocol import StreamParser, parse_response  # noqa: E402
-
-
-def cost(fn, arg, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        gc.collect()
-        gc.disable()
-        try:
-            t0 = time.process_time()
-            fn(arg)
-            best = min(best, time.process_time() - t0)
-        finally:
-            gc.enable()
-    return best
-
-
-def fed(chunk: int):
-    def run(text: str) -> None:
-        p = StreamParser(start_in_think=False)
-        for i in range(0, len(text), chunk):
-            p.feed(text[i : i + chunk])
-        p.close()
-
-    return run
+from llmi.protocol import parse_response  # noqa: E402
+from tests.helpers import cpu_cost, fed_in_chunks  # noqa: E402
 
 
 def code_tag(chars: int) -> str:
@@ -72,7 +48,8 @@ def main() -> None:
 
     tag = code_tag(int(args.mb * 1_000_000))
     plain = "p" * len(tag)
-    t_tag, t_plain = cost(fed(args.chunk), tag, args.repeat), cost(fed(args.chunk), plain, args.repeat)
+    run = fed_in_chunks(args.chunk)
+    t_tag, t_plain = cpu_cost(run, tag, args.repeat), cpu_cost(run, plain, args.repeat)
     print(f"{args.mb:g} MB tag in {args.chunk}-char chunks: {t_tag:.3f}s; as much plain text: {t_plain:.3f}s; "
           f"ratio {t_tag / t_plain:.2f} (goal <= 2)")
 
@@ -80,7 +57,7 @@ def main() -> None:
         ("fence + newlines", lambda k: "<imgen>```json" + "\n" * k + "{}</imgen>", 50_000),
         ("release-layout tags", release_tags, 2_000),
     ):
-        small, large = cost(parse_response, make(n), args.repeat), cost(parse_response, make(4 * n), args.repeat)
+        small, large = cpu_cost(parse_response, make(n), args.repeat), cpu_cost(parse_response, make(4 * n), args.repeat)
         print(f"parse_response, {what}: N={n} {small:.4f}s, 4N {large:.4f}s; ratio {large / max(small, 1e-9):.2f} "
               "(goal <= 6, linear ~4)")
 

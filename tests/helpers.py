@@ -1,9 +1,11 @@
-"""Shared test helpers: image bytes and a real loopback HTTP server."""
+"""Shared test helpers: image bytes, a real loopback HTTP server, a browser page watch, CPU timing."""
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
@@ -128,3 +130,33 @@ class Watch:
     def _console(self, msg):
         if "Content Security Policy" in msg.text:
             self.csp_reports.append(msg.text)
+
+
+def cpu_cost(fn: Callable, arg, repeat: int = 3) -> float:
+    """The least CPU time of ``repeat`` calls of ``fn(arg)``: other processes on the machine do not count,
+    and the garbage collector is paused (a full collection landing in one run is not ``fn``'s cost)."""
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.process_time()
+            fn(arg)
+            best = min(best, time.process_time() - t0)
+        finally:
+            gc.enable()
+    return best
+
+
+def fed_in_chunks(chunk: int, start_in_think: bool | None = False) -> Callable[[str], None]:
+    """``run(text)``: ``text`` fed to a fresh :class:`~llmi.protocol.StreamParser` ``chunk`` characters at a
+    time, then closed."""
+    from llmi.protocol import StreamParser
+
+    def run(text: str) -> None:
+        p = StreamParser(start_in_think=start_in_think)
+        for i in range(0, len(text), chunk):
+            p.feed(text[i : i + chunk])
+        p.close()
+
+    return run

@@ -8,9 +8,7 @@ joined), the same violations, the same slots once the end-of-response amendments
 
 from __future__ import annotations
 
-import gc
 import json
-import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -26,6 +24,8 @@ from llmi.protocol import (
     starts_in_think,
     strip_think,
 )
+
+from .helpers import cpu_cost, fed_in_chunks
 
 CODE = {"source": "code", "description": "Sales", "params": {"code": "plt.bar([1, 2], [3, 4])"}}
 SEARCH = {"source": "search", "description": "Tower", "params": {"query": "Eiffel tower"}}
@@ -165,33 +165,9 @@ def test_one_character_at_a_time_agrees(response, start):
 # ---------------------------------------------------------------- linear time
 
 
-def _cost(fn, arg) -> float:
-    best = float("inf")
-    for _ in range(3):  # CPU time, best of three: other processes on the machine do not count
-        gc.collect()
-        gc.disable()  # a full collection landing in one run is not the parser's cost
-        try:
-            t0 = time.process_time()
-            fn(arg)
-            best = min(best, time.process_time() - t0)
-        finally:
-            gc.enable()
-    return best
-
-
 def _ratio(fn, make, n: int) -> tuple[float, float]:
     fn(make(n // 4))  # warm up
-    return _cost(fn, make(n)), _cost(fn, make(4 * n))
-
-
-def _fed(chunk: int, start_in_think: bool | None = False):
-    def run(text: str) -> None:
-        p = StreamParser(start_in_think=start_in_think)
-        for i in range(0, len(text), chunk):
-            p.feed(text[i : i + chunk])
-        p.close()
-
-    return run
+    return cpu_cost(fn, make(n)), cpu_cost(fn, make(4 * n))
 
 
 def _big_tag(n: int) -> str:
@@ -205,10 +181,10 @@ def _big_tag(n: int) -> str:
         ("fence + spaces, closed", parse_response, lambda n: "<imgen>```json" + " " * n + "{}```</imgen>"),
         ("fence + raw newline strings", parse_response, lambda n: "<imgen>```\n{'a': '" + "\n" * n + "'}\n```</imgen>"),
         ("release layout", parse_response, lambda n: "<imgen>{'source': 'code', 'description': 'd', 'params': {'code': '" + "'}} " * (n // 4) + "</imgen>"),
-        ("tag in 16-char chunks", _fed(16), _big_tag),
-        ("unclosed tag in 16-char chunks", _fed(16), lambda n: "<imgen>" + "x" * n),
-        ("undecided start in 16-char chunks", _fed(16, None), lambda n: "y" * n + "</think>done"),
-        ("think in 16-char chunks", _fed(16, None), lambda n: "<think>" + "z" * n + "</think>done"),
+        ("tag in 16-char chunks", fed_in_chunks(16), _big_tag),
+        ("unclosed tag in 16-char chunks", fed_in_chunks(16), lambda n: "<imgen>" + "x" * n),
+        ("undecided start in 16-char chunks", fed_in_chunks(16, None), lambda n: "y" * n + "</think>done"),
+        ("think in 16-char chunks", fed_in_chunks(16, None), lambda n: "<think>" + "z" * n + "</think>done"),
         ("many unclosed tags", parse_response, lambda n: "<imgen>" * (n // 7)),
     ],
 )
@@ -220,6 +196,6 @@ def test_parsing_grows_linearly(what, fn, make):
 
 def test_a_long_tag_streamed_in_small_chunks_costs_about_as_much_as_plain_text():
     n = 400_000
-    tag_cost = _cost(_fed(16), _big_tag(n))
-    text_cost = _cost(_fed(16), "p" * n)
+    tag_cost = cpu_cost(fed_in_chunks(16), _big_tag(n))
+    text_cost = cpu_cost(fed_in_chunks(16), "p" * n)
     assert tag_cost < 3 * text_cost + 0.05, (tag_cost, text_cost)
