@@ -161,6 +161,16 @@ def document_output(document: Document) -> list[tuple[str, Any]]:
     return cleaned
 
 
+def _with_answers(questions: list[dict[str, Any]], by_key: dict[str, Any], level: str,
+                  field: str) -> list[dict[str, Any]]:
+    """Each question of ``level`` with the judge's answer (verdict ``<level>/<n>``) under ``field``."""
+    out = []
+    for n, q in enumerate(questions):
+        v = by_key.get(f"{level}/{n}")
+        out.append({**q, field: v["answer"]} if v and isinstance(v.get("answer"), dict) else dict(q))
+    return out
+
+
 class ISGBench(Benchmark):
     name = "isg"
     title = "ISG-Bench"
@@ -491,22 +501,8 @@ class ISGBench(Benchmark):
         by_key = {v["key"]: v for v in row.get("verdicts", [])}
         result: dict[str, Any] = {"structure": bool(row.get("structure"))}
         if row.get("structure"):
-            image = []
-            for n, q in enumerate(self._image_questions(item)):
-                q = dict(q)
-                v = by_key.get(f"image/{n}")
-                if v and isinstance(v.get("answer"), dict):
-                    q["judge"] = v["answer"]
-                image.append(q)
-            result["image"] = image
-            block = []
-            for n, q in enumerate(self._block_questions(item)):
-                q = dict(q)
-                v = by_key.get(f"block/{n}")
-                if v and isinstance(v.get("answer"), dict):
-                    q["VQA_judge_Score"] = v["answer"]
-                block.append(q)
-            result["block"] = block
+            result["image"] = _with_answers(self._image_questions(item), by_key, "image", "judge")
+            result["block"] = _with_answers(self._block_questions(item), by_key, "block", "VQA_judge_Score")
         hol = by_key.get("holistic")
         if hol and isinstance(hol.get("answer"), dict):
             result["holistic"] = hol["answer"]
