@@ -123,23 +123,12 @@ def test_backtick_spans_still_protect_html_inside_them():
 def test_pathological_markdown_scales_linearly(unit):
     """Doubling the input may at most roughly double the time (quadratic would quadruple it)."""
 
-    import gc
+    from .helpers import cpu_cost
 
     def cost(n: int) -> float:
         text = unit * (n // len(unit))
         doc = Document(blocks=[TextBlock(text)])
-        best = float("inf")
-        for _ in range(3):  # CPU time, best of three: other processes on the machine do not count
-            gc.collect()
-            gc.disable()  # a full collection landing in one run is not the renderer's cost
-            try:
-                t0 = time.process_time()
-                render_html(doc)
-                prepare_text(text)
-                best = min(best, time.process_time() - t0)
-            finally:
-                gc.enable()
-        return best
+        return cpu_cost(lambda _: (render_html(doc), prepare_text(text)), None)
 
     cost(2_000)  # warm caches
     small, large = cost(10_000), cost(40_000)
