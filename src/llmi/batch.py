@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar, Union
 
 from .errors import ConfigError, InputError, LLMIError
 
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 RowId = Union[str, int]
 #: ``async work(id, row) -> dict``: the output row's fields (the id field is added by the runner).
 Work = Callable[[RowId, Any], Awaitable[dict]]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,37 @@ class _Appender:
 # ------------------------------------------------------------------------------------------------
 
 
+async def bounded_map(work: Callable[[T], Awaitable[R]], items: Iterable[T], limit: int) -> AsyncIterator[R]:
+    """``work(item)`` for each item, at most ``limit`` at once; yields the results as they finish.
+
+    ``items`` is read lazily, one item as a place frees up, so a generator over a large file keeps memory
+    bounded. Closing the iterator early (``aclosing``), or an error of ``work`` (raised when its result
+    comes), cancels the work still in progress and waits for it.
+    """
+    source = iter(items)
+    pending: set[asyncio.Future] = set()
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < limit:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.add(asyncio.ensure_future(work(item)))
+            if not pending:
+                return
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                yield task.result()
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
 async def run_batch(
     rows: Iterable[tuple[RowId, Any]],
     work: Work,
@@ -295,44 +328,28 @@ async def run_batch(
                 log.warning("row %r failed: %s: %s", rid, type(exc).__name__, exc)
                 return rid, {id_key: rid, "error": {"kind": error_kind(exc), "message": f"{type(exc).__name__}: {exc}"}}
 
-        source = iter(rows)
-        pending: set[asyncio.Future] = set()
-        exhausted = False
+        def todo() -> Iterator[tuple[RowId, Any]]:
+            for rid, row in rows:
+                rid = _key(rid)
+                if rid in seen:
+                    log.warning("id %r comes twice in the input; it is done once", rid)
+                    continue
+                seen.add(rid)
+                order.append(rid)
+                if rid in done_ids:
+                    state["skipped"] += 1
+                    continue
+                yield rid, row
+            state["todo"] = len(order) - state["skipped"]
+
         await emit(None)
-        try:
-            while True:
-                while not exhausted and len(pending) < concurrency:
-                    try:
-                        rid, row = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        state["todo"] = len(order) - state["skipped"]
-                        break
-                    rid = _key(rid)
-                    if rid in seen:
-                        log.warning("id %r comes twice in the input; it is done once", rid)
-                        continue
-                    seen.add(rid)
-                    order.append(rid)
-                    if rid in done_ids:
-                        state["skipped"] += 1
-                        continue
-                    pending.add(asyncio.ensure_future(one(rid, row)))
-                if not pending:
-                    break
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    rid, out_row = task.result()
-                    appender.write(out_row)
-                    done_ids.add(rid)
-                    state["done"] += 1
-                    state["failed"] += "error" in out_row
-                    await emit(rid)
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        async with contextlib.aclosing(bounded_map(lambda item: one(*item), todo(), concurrency)) as finished:
+            async for rid, out_row in finished:
+                appender.write(out_row)
+                done_ids.add(rid)
+                state["done"] += 1
+                state["failed"] += "error" in out_row
+                await emit(rid)
         complete = all(rid in done_ids for rid in order)
         if complete and ordered:
             consolidate(out, order, id_key=id_key)  # still locked: no other run appends meanwhile

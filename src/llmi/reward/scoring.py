@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
+from ..batch import bounded_map
 from ..config import Settings
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..errors import ConfigError, InputError, ToolError
@@ -473,37 +474,17 @@ class RewardScorer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await llm_task
 
-    async def score_many(self, samples: Iterable[Sample]) -> AsyncIterator[tuple[int, RewardResult]]:
+    def score_many(self, samples: Iterable[Sample]) -> AsyncIterator[tuple[int, RewardResult]]:
         """Yield ``(index, result)`` as samples finish, with at most ``max_in_flight`` in progress.
 
-        ``samples`` is consumed lazily, so a generator reading a large file keeps memory bounded.
+        ``samples`` is consumed lazily, so a generator reading a large file keeps memory bounded
+        (:func:`llmi.batch.bounded_map`).
         """
-        source = iter(enumerate(samples))
-        pending: set[asyncio.Future] = set()
 
-        async def one(i: int, s: Sample) -> tuple[int, RewardResult]:
-            return i, await self.score(s)
+        async def one(item: tuple[int, Sample]) -> tuple[int, RewardResult]:
+            return item[0], await self.score(item[1])
 
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(pending) < self.max_in_flight:
-                    try:
-                        i, s = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    pending.add(asyncio.ensure_future(one(i, s)))
-                if not pending:
-                    return
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    yield task.result()
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        return bounded_map(one, enumerate(samples), self.max_in_flight)
 
     async def score_batch(self, samples: Sequence[Sample]) -> list[RewardResult]:
         """Score every sample; results in input order."""
