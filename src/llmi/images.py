@@ -43,6 +43,15 @@ def sniff_mime(data: bytes) -> str | None:
     return None
 
 
+#: File extension for each image type (anything else is written as ``.bin`` — not expected in practice).
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp", "image/bmp": "bmp"}
+
+
+def file_extension(mime: str | None) -> str:
+    """The file extension (without the dot) for an image type: ``png``, ``jpg``, ...; ``bin`` for others."""
+    return EXTENSIONS.get((mime or "").lower(), "bin")
+
+
 @dataclass(frozen=True)
 class ImageData:
     """An encoded image with its verified type and size."""

@@ -30,9 +30,8 @@ from typing import Any
 
 from ..errors import InputError
 from ..files import atomic_write
+from ..images import file_extension
 from .base import safe_name
-
-_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp", "image/bmp": "bmp"}
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -158,7 +157,7 @@ class RunFolder:
         name = safe_name(item_id)
         paths = []
         for k, block in enumerate(document.images):
-            rel = f"{name}/image-{k}.{_EXT.get(block.mime, 'bin')}"
+            rel = f"{name}/image-{k}.{file_extension(block.mime)}"
             dest = self.documents / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not (dest.exists() and dest.stat().st_size == len(block.data)):
@@ -185,4 +184,4 @@ class RunFolder:
         return doc, record
 
     def image_path(self, item_id: str, k: int, mime: str) -> Path:
-        return self.documents / safe_name(item_id) / f"image-{k}.{_EXT.get(mime, 'bin')}"
+        return self.documents / safe_name(item_id) / f"image-{k}.{file_extension(mime)}"

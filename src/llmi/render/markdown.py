@@ -24,16 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
+from ..images import file_extension
 from .credit import Link, credit_parts
-
-#: File extension for each image type (anything else is written as ``.bin`` — not expected in practice).
-EXTENSIONS = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/gif": "gif",
-    "image/webp": "webp",
-    "image/bmp": "bmp",
-}
 
 #: Characters that can start Markdown or HTML syntax inside a line of our own text.
 _INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>&|~!#])")
@@ -226,7 +218,7 @@ def render_markdown(
                 out.append(prepare_text(block.text, escape_html=escape_html))
         elif isinstance(block, ImageBlock):
             number += 1
-            ext = EXTENSIONS.get((block.mime or "").lower(), "bin")
+            ext = file_extension(block.mime)
             rel = f"{assets_dir}/image-{number}.{ext}"
             files[rel] = block.data
             separate()

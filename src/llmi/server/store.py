@@ -31,8 +31,7 @@ from typing import Any
 
 from ..document import Document, FailureBlock, ImageBlock, TextBlock
 from ..files import atomic_write
-from ..images import ImageData
-from ..render.markdown import EXTENSIONS
+from ..images import ImageData, file_extension
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -88,10 +87,6 @@ class RunRecord:
 
 def valid_run_id(run_id: str) -> bool:
     return bool(_RUN_ID.match(run_id))
-
-
-def _ext(mime: str) -> str:
-    return EXTENSIONS.get((mime or "").lower(), "bin")
 
 
 def slot_blocks(doc: Document) -> list[ImageBlock | FailureBlock]:
@@ -203,7 +198,7 @@ class Store:
     def save_inputs(self, run_id: str, images: list[ImageData]) -> None:
         folder = self.run_dir(run_id) / "inputs"
         for i, img in enumerate(images):
-            atomic_write(folder / f"input-{i}.{_ext(img.mime)}", img.data, mode=0o600)
+            atomic_write(folder / f"input-{i}.{file_extension(img.mime)}", img.data, mode=0o600)
 
     def save_document(self, run_id: str, doc: Document, *, events: list[dict] | None = None,
                       extra: dict[str, Any] | None = None) -> None:
@@ -212,7 +207,7 @@ class Store:
         paths = []
         for slot, block in enumerate(slot_blocks(doc)):
             if isinstance(block, ImageBlock):
-                rel = f"images/slot-{slot}.{_ext(block.mime)}"
+                rel = f"images/slot-{slot}.{file_extension(block.mime)}"
                 atomic_write(folder / rel, block.data, mode=0o600)
                 paths.append(rel)
         d = doc.to_dict(image_paths=paths)
