@@ -5,6 +5,7 @@ anything, judge-only runs on existing outputs, and pairwise comparison with the 
 from __future__ import annotations
 
 import json
+from collections import Counter
 import re
 from pathlib import Path
 
@@ -130,7 +131,12 @@ async def test_judge_failures_are_excluded_not_scored(tmp_path):
     assert errors == {"r2": "rate_limited", "r3": "http_error", "r4": "timeout", "r5": "bad_response",
                       "r6": "unparseable", "r7": "unparseable"}
     assert summary["scores"]["criteria_excluded"] == 6
-    assert len(judge.requests) == 1 + 6 * 2  # every failing call tried 1 + retries times, no more
+    # every failing call tried 1 + retries times, no more (the slow one: a loaded machine may cut its
+    # second attempt before the server has read it, so that one is counted at most twice)
+    asked = Counter(re.search(r"criterion-(\w+)", user_text(b)).group(1) for b in judge.requests)
+    assert {k: n for k, n in asked.items() if k != "slow"} == {"ok": 1, "429": 2, "500": 2, "garbage": 2,
+                                                               "range": 2, "half": 2}
+    assert 1 <= asked["slow"] <= 2
     page = (tmp_path / "run" / "report.html").read_text()
     assert "excluded — rate_limited" in page
 
