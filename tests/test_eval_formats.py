@@ -428,3 +428,22 @@ async def test_llmi_test_reward_components_and_judge_failure(tmp_path):
     j = await bench.judge(item, doc, JudgeCalls(item.id, FakeJudge(failing), response=response))
     assert j.score is None and j.scores["s_llm"] == pytest.approx(0.5)  # a failed judge is no score
     assert any(v.error for v in j.verdicts)
+
+
+def test_a_retried_item_whose_new_image_has_the_same_size_gets_the_new_picture(tmp_path):
+    import io
+
+    from PIL import Image
+
+    def bmp(color):  # BMP files of one size have one byte length whatever they show
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), color).save(buf, format="BMP")
+        return ImageData.from_bytes(buf.getvalue())
+
+    run = RunFolder(tmp_path / "run")
+    first, second = bmp((200, 30, 30)), bmp((0, 0, 9))
+    assert len(first.data) == len(second.data) and first.data != second.data
+    run.save_document("0000", Document(blocks=[ImageBlock(first, "diffusion")]))
+    path = run.save_document("0000", Document(blocks=[ImageBlock(second, "diffusion")]))
+    rel = json.loads(path.read_text())["document"]["blocks"][0]["path"]
+    assert (run.documents / rel).read_bytes() == second.data

@@ -160,8 +160,8 @@ class RunFolder:
             rel = f"{name}/image-{k}.{file_extension(block.mime)}"
             dest = self.documents / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if not (dest.exists() and dest.stat().st_size == len(block.data)):
-                atomic_write(dest, block.data)
+            if not (dest.exists() and dest.stat().st_size == len(block.data) and dest.read_bytes() == block.data):
+                atomic_write(dest, block.data)  # a retried item's new picture replaces the old one
             paths.append(rel)
         record = {"id": item_id, "document": document.to_dict(image_paths=paths), **info}
         path = self.document_path(item_id)

@@ -115,8 +115,9 @@ class Services:
             trace = Trace()
             run.trace = trace
             if tts is not None:
-                async for ev in self._tts_events(request, tts):
-                    yield ev
+                async with aclosing(self._tts_events(request, tts)) as evs:  # stopping early stops the run
+                    async for ev in evs:
+                        yield ev
                 return
             events = stream(request, settings=self.settings, llm=self.llm, engine=self.engine, trace=trace)
             async with aclosing(events) as evs:
