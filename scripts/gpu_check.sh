@@ -9,8 +9,10 @@
 # 2. Runs the tiny-random-model tests (transformers LLM + VLM, diffusers pipelines) with
 #    LLMI_TEST_DEVICE=auto, which picks cuda when torch sees a GPU.
 # 3. Times the local transformers backend streaming 256 tokens, cpu vs cuda, side by side.
-# Whole run: well under 4 minutes (each step has its own timeout). LLMI_GPU_FORCE_ALL=1 installs every
-# carried wheel (to test the install step on a machine that has them all).
+# 4. With trl: llmi train's tiny-model tests (2 GRPO steps + resume, a VLM step, LoRA), then, when vllm
+#    imports, 2 GRPO steps with vLLM colocated on the GPU (tests/test_train_gpu.py).
+# Whole run: under 4 minutes without vllm, up to 7 more with it (each step has its own timeout).
+# LLMI_GPU_FORCE_ALL=1 installs every carried wheel (to test the install step on a machine that has them all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -147,8 +149,14 @@ PYEOF
 echo "== llmi train: 2 GRPO steps + resume, a VLM step, LoRA (tiny models; cuda when torch sees a GPU)"
 if $PY -c "import trl, peft" 2>/dev/null; then
   timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_train_e2e.py -o addopts="" -rs || status=1
-  if $PY -c "import vllm" 2>/dev/null; then
-    echo "(vllm is installed: llmi train --use-vllm --vllm-mode colocate is not exercised by the tiny models)"
+  echo "== llmi train --use-vllm --vllm-mode colocate: 2 GRPO steps, vLLM generating on the GPU"
+  if timeout 120 $PY -c "import vllm" 2>/dev/null; then
+    timeout 420 $PY -m pytest -q -p no:cacheprovider tests/test_train_gpu.py -o addopts="" -rs || status=1
+  else
+    TORCH_V=$($PY -c "import torch; print(torch.__version__)" 2>/dev/null)
+    echo "(vllm does not import here: pip install a vllm release built for this torch ($TORCH_V; TRL 1.16 takes"
+    echo " vllm 0.22-0.31; check that 'pip install vllm==X --dry-run' keeps torch) on a machine with network,"
+    echo " then rerun; its wheel is too large to carry in .whl/. Skipping the vLLM check.)"
   fi
 else
   echo "(trl/peft not on this machine: carry their wheels in .whl/ to run the training check)"

@@ -60,8 +60,11 @@ def _tokenizer(words, specials, **extra):
     return fast, vocab
 
 
-def build_text_model(path: Path) -> Path:
-    """A tiny Qwen2 causal LM + tokenizer with a chat template, saved as a model folder."""
+def build_text_model(path: Path, *, hidden_size: int = 16, heads: int = 2) -> Path:
+    """A tiny Qwen2 causal LM + tokenizer with a chat template, saved as a model folder.
+
+    The defaults give head_dim 8, which transformers runs anywhere; vLLM's attention kernels want a head
+    size it supports (64 is safe everywhere): ``hidden_size=128, heads=2``."""
     import torch
     import transformers
 
@@ -70,8 +73,8 @@ def build_text_model(path: Path) -> Path:
     fast.chat_template = TEMPLATE
     fast.save_pretrained(path)
     config = transformers.Qwen2Config(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=512, bos_token_id=vocab["<s>"],
+        vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1,
+        num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=512, bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"], tie_word_embeddings=False,
     )
     torch.manual_seed(0)
